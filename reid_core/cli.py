@@ -1,0 +1,187 @@
+"""``reid`` command line: evaluate a backbone or checkpoint, run the plain loop, make synthetic data,
+sweep DBSCAN eps. (The Prefect flows live in ``flows/``; this CLI needs no Prefect.)"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MARKET = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "market1501")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    from .pipeline.config import RunConfig
+
+    for f in dataclasses.fields(RunConfig):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, type=_bool, default=None, metavar="BOOL")
+        elif f.name == "extra_losses":
+            parser.add_argument(flag, dest=f.name, nargs="*", default=None)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, type=type(default), default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def config_from_args(args: argparse.Namespace, **defaults):
+    from .pipeline.config import RunConfig
+
+    values = dict(defaults)
+    if getattr(args, "config", None):
+        values.update(json.loads(Path(args.config).read_text()))
+    for f in dataclasses.fields(RunConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    if values.get("bf16") in ("true", "false", "True", "False"):
+        values["bf16"] = values["bf16"].lower() == "true"
+    return RunConfig.from_dict(values)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a backbone (no training) or a checkpoint on query/gallery; print + write Parquet."""
+    import pandas as pd
+
+    from .pipeline import stages
+    from .pipeline.loop import run_provenance
+
+    cfg = config_from_args(args, name="evaluate", dataset="market1501", data_root=DEFAULT_MARKET, rounds=0)
+    out = Path(args.out) if args.out else cfg.run_dir / "evaluate.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images = stages.index_images(cfg.dataset, cfg.data_root, out.parent / "images.parquet")
+    n_eval = int(pd.read_parquet(images)["split"].isin(["query", "gallery"]).sum())
+    t0 = time.perf_counter()
+    stages.evaluate_stage(images, args.checkpoint, cfg, 0, out, progress=not args.quiet)
+    row = pd.read_parquet(out)
+    seconds = float(row["eval_extract_seconds"].iloc[0])
+    row["images_per_s"] = n_eval / max(seconds, 1e-9)
+    row["bf16"] = str(cfg.bf16)
+    row["backbone"] = cfg.backbone
+    row["input_size"] = f"{cfg.height}x{cfg.width}"
+    for k, v in run_provenance(cfg).items():
+        row[k] = v
+    from .io.atomic import write_parquet
+
+    write_parquet(row, out)
+    keys = ["backbone", "input_size", "bf16", "mAP", "rank1", "rank5", "rank10", "mINP", "n_queries",
+            "n_skipped_queries", "images_per_s"]
+    print(json.dumps({k: (row[k].iloc[0].item() if hasattr(row[k].iloc[0], "item") else row[k].iloc[0]) for k in keys}))
+    print(f"wrote {out} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The plain-Python loop (no Prefect) over rounds."""
+    from .pipeline.loop import run_pipeline
+
+    cfg = config_from_args(args)
+    df = run_pipeline(cfg, progress=not args.quiet)
+    cols = [c for c in ("round", "mAP", "rank1", "mINP", "ari", "nmi", "n_clusters", "n_outliers") if c in df.columns]
+    print(df[cols].to_string(index=False))
+    print(f"outputs in {cfg.run_dir}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import generate_synthetic
+
+    t0 = time.perf_counter()
+    out = generate_synthetic(args.out, n_ids=args.ids, n_cams=args.cams, seed=args.seed)
+    print(json.dumps({"out": str(out), "seconds": round(time.perf_counter() - t0, 2)}))
+    return 0
+
+
+def cmd_eps_sweep(args: argparse.Namespace) -> int:
+    """Tabulate eps vs clusters / outliers (and NMI/ARI) for one round's features."""
+    import numpy as np
+    import pandas as pd
+
+    from .cluster.jaccard import compute_jaccard_distance
+    from .cluster.pseudo_labels import eps_sweep
+    from .io.atomic import write_parquet
+    from .io.features_io import read_features
+
+    ids, feats = read_features(args.features)
+    gt = None
+    if args.images:
+        images = pd.read_parquet(args.images).set_index("image_id")
+        gt = images.loc[ids, "pid"].to_numpy()
+        if (gt < 0).any():
+            gt = None
+    dist = compute_jaccard_distance(feats, k1=args.k1, k2=args.k2)
+    eps_values = np.round(np.arange(args.eps_min, args.eps_max + 1e-9, args.eps_step), 4)
+    table = eps_sweep(dist, eps_values, gt_pids=gt)
+    print(table.to_string(index=False))
+    if args.out:
+        write_parquet(table, args.out)
+        try:
+            from .evaluation.plots import plot_eps_sweep
+
+            plot_eps_sweep(table, Path(args.out).with_suffix(".png"))
+        except ImportError:
+            pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reid", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("evaluate", help="score a backbone (no training) or a checkpoint")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", default=None, help="checkpoint.pt of a run (default: the backbone as built)")
+    p.add_argument("--out", default=None, help="metrics Parquet (default runs/<name>/evaluate.parquet)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", help="plain-Python loop over rounds (no Prefect)")
+    _add_config_args(p)
+    p.add_argument("--config", default=None, help="JSON file with RunConfig fields")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("synth", help="generate the synthetic person dataset")
+    p.add_argument("--out", default="data/synthetic")
+    p.add_argument("--ids", type=int, default=100)
+    p.add_argument("--cams", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("eps-sweep", help="DBSCAN eps vs clusters/outliers/NMI/ARI for a features.parquet")
+    p.add_argument("features")
+    p.add_argument("--images", default=None, help="images.parquet with ground-truth pids (optional)")
+    p.add_argument("--k1", type=int, default=30)
+    p.add_argument("--k2", type=int, default=6)
+    p.add_argument("--eps-min", type=float, default=0.3)
+    p.add_argument("--eps-max", type=float, default=0.8)
+    p.add_argument("--eps-step", type=float, default=0.05)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_eps_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

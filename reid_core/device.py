@@ -1,0 +1,66 @@
+"""Run-time device selection, bf16 autocast and seeding.
+
+Nothing here calls ``.cuda()``: callers ask :func:`pick_device` and move tensors with ``.to(device)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Return the device to run on.
+
+    ``"auto"`` (or ``None``) picks CUDA when available, else CPU. An explicit ``"cuda"`` on a
+    machine without CUDA raises a clear error instead of failing deep inside PyTorch.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was requested but CUDA is not available on this machine; use 'cpu' or 'auto'")
+    return dev
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul support (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_bf16(bf16: bool | str | None, device: torch.device) -> bool:
+    """Resolve a ``bf16`` option ("auto", True, False) for ``device``."""
+    if bf16 in (None, "auto"):
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return cpu_supports_bf16()
+    if isinstance(bf16, str):
+        return bf16.lower() in ("1", "true", "yes", "on")
+    return bool(bf16)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast context for ``device`` (a no-op context when disabled)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))

@@ -1,0 +1,69 @@
+"""Atomic writes: every output is written to a temporary name beside its target and renamed
+into place only when complete, so a crash never leaves a half-written file under the real name."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
+
+    On an exception the temporary file is removed and any existing ``path`` is left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_parquet(df: pd.DataFrame | pa.Table, path: str | os.PathLike, schema: pa.Schema | None = None) -> Path:
+    """Write ``df`` to ``path`` atomically (optionally cast to ``schema``)."""
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+    if schema is not None:
+        table = table.select([f.name for f in schema]).cast(schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def append_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Append rows to a Parquet file (read, concatenate, rewrite atomically).
+
+    Used for small logs (metrics, benchmark rows) where a cut-off run must keep finished rows.
+    """
+    path = Path(path)
+    if path.exists():
+        old = pd.read_parquet(path)
+        df = pd.concat([old, df], ignore_index=True)
+    return write_parquet(df, path)
+
+
+def read_parquet(path: str | os.PathLike, required: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a Parquet file, failing with a message that names the file and missing columns."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file does not exist")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from exc
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
+    return df

@@ -1,0 +1,48 @@
+"""Parquet encoding of feature matrices: one row per image, ``feature`` a fixed-size float32 list."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_path
+
+
+def write_features(path: str | os.PathLike, image_ids: np.ndarray, features: np.ndarray, round_idx: int) -> Path:
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if features.ndim != 2 or len(features) != len(image_ids):
+        raise ValueError(f"{path}: features must be (N, D) with N = len(image_ids); got {features.shape} for {len(image_ids)} ids")
+    dim = features.shape[1]
+    flat = pa.array(features.reshape(-1), type=pa.float32())
+    feat_col = pa.FixedSizeListArray.from_arrays(flat, dim)
+    table = pa.table({
+        "image_id": pa.array(np.asarray(image_ids, dtype=np.int64)),
+        "feature": feat_col,
+        "round": pa.array(np.full(len(image_ids), round_idx, dtype=np.int64)),
+    })
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def read_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(image_ids, features)`` with features as a float32 (N, D) array."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: features file does not exist")
+    table = pq.read_table(path)
+    for col in ("image_id", "feature"):
+        if col not in table.column_names:
+            raise ValueError(f"{path}: missing column {col!r}; has {table.column_names}")
+    ids = table.column("image_id").to_numpy()
+    col = table.column("feature").combine_chunks()
+    if len(ids) == 0:
+        return ids.astype(np.int64), np.zeros((0, 0), dtype=np.float32)
+    if not pa.types.is_fixed_size_list(col.type):
+        raise ValueError(f"{path}: column 'feature' must be a fixed-size list of float32, got {col.type}")
+    dim = col.type.list_size
+    feats = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    return ids.astype(np.int64), feats

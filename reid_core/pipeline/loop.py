@@ -1,0 +1,114 @@
+"""The plain-Python loop over rounds (no Prefect): the reference the flow is measured against."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from ..io.atomic import atomic_path, write_parquet
+from . import stages
+from .config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def round_paths(cfg: RunConfig, round_idx: int) -> dict[str, Path]:
+    d = cfg.round_dir(round_idx)
+    return {
+        "features": d / "features.parquet",
+        "pseudo_labels": d / "pseudo_labels.parquet",
+        "ise_plan": d / "ise_plan.parquet",
+        "checkpoint": d / "checkpoint.pt",
+        "train_log": d / "train_log.parquet",
+        "metrics": d / "metrics.parquet",
+        "profile": d / "profile.parquet",
+    }
+
+
+def write_config(cfg: RunConfig) -> Path:
+    path = cfg.run_dir / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(cfg.to_json())
+    return path
+
+
+def collect_metrics(cfg: RunConfig, rounds: int | None = None) -> pd.DataFrame:
+    """Concatenate the per-round metrics files into ``<run>/metrics.parquet``."""
+    rounds = cfg.rounds if rounds is None else rounds
+    frames = [pd.read_parquet(round_paths(cfg, r)["metrics"]) for r in range(rounds + 1)
+              if round_paths(cfg, r)["metrics"].exists()]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(df):
+        for key, value in run_provenance(cfg).items():
+            df[key] = value
+        write_parquet(df, cfg.run_dir / "metrics.parquet")
+    return df
+
+
+def run_provenance(cfg: RunConfig) -> dict[str, Any]:
+    """Configuration and library versions recorded with every result row."""
+    import platform
+
+    import sklearn
+    import torch
+
+    return {
+        "config_json": cfg.to_json(),
+        "torch_version": torch.__version__,
+        "sklearn_version": sklearn.__version__,
+        "python_version": platform.python_version(),
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "batch_per_device": cfg.p * cfg.k,
+    }
+
+
+def write_profile(cfg: RunConfig, round_idx: int, paths: dict[str, Path]) -> Path:
+    names = {"extract": paths["features"], "cluster": paths["pseudo_labels"], "ise": paths["ise_plan"],
+             "train": paths["checkpoint"], "evaluate": paths["metrics"]}
+    df = stages.stage_profile({k: v for k, v in names.items() if v.exists()})
+    meta = stages.cache.read_meta(paths["pseudo_labels"])
+    if "jaccard_seconds" in meta:
+        df = pd.concat([df, pd.DataFrame([{"stage": "cluster.jaccard", "seconds": meta["jaccard_seconds"],
+                                           "peak_rss_mb": None}])], ignore_index=True)
+    df.insert(0, "round", round_idx)
+    return write_parquet(df, paths["profile"])
+
+
+def run_round(cfg: RunConfig, images: Path, round_idx: int, prev_checkpoint: Path | None,
+              progress: bool = True, on_progress: Callable[[float], None] | None = None) -> Path:
+    """Run round ``round_idx`` >= 1; returns the new checkpoint."""
+    p = round_paths(cfg, round_idx)
+    p["features"].parent.mkdir(parents=True, exist_ok=True)
+    stages.extract_features_stage(images, prev_checkpoint, cfg, round_idx, p["features"], progress=progress)
+    if cfg.mode == "supervised":
+        stages.ground_truth_labels(images, p["pseudo_labels"], round_idx)
+    else:
+        stages.build_pseudo_labels(p["features"], cfg, round_idx, p["pseudo_labels"], progress=progress)
+        if cfg.use_ise:
+            stages.plan_ise(p["features"], p["pseudo_labels"], cfg, round_idx, p["ise_plan"])
+    ckpt, _ = stages.train_epoch_stage(images, p["pseudo_labels"], p["features"], prev_checkpoint, cfg, round_idx,
+                                       p["checkpoint"], p["train_log"], on_progress=on_progress, progress=progress)
+    stages.evaluate_stage(images, ckpt, cfg, round_idx, p["metrics"], pseudo_labels_path=p["pseudo_labels"],
+                          progress=progress)
+    write_profile(cfg, round_idx, p)
+    return ckpt
+
+
+def run_pipeline(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
+    """Index, evaluate the starting model (round 0), then ``cfg.rounds`` rounds; returns metrics."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg)
+    images = stages.index_images(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
+    p0 = round_paths(cfg, 0)
+    p0["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    stages.evaluate_stage(images, None, cfg, 0, p0["metrics"], progress=progress)
+    ckpt: Path | None = None
+    for r in range(1, cfg.rounds + 1):
+        ckpt = run_round(cfg, images, r, ckpt, progress=progress)
+        m = pd.read_parquet(round_paths(cfg, r)["metrics"]).iloc[0].to_dict()
+        log.info("round %d: %s", r, json.dumps({k: m.get(k) for k in ("mAP", "rank1", "ari", "n_clusters")}, default=str))
+    return collect_metrics(cfg)

@@ -1,0 +1,417 @@
+"""The stages of one Cluster-Contrast (+ ISE) round as plain functions: paths in, paths out.
+
+Each stage
+- computes a digest of its input files' contents and its parameters,
+- returns at once when its outputs exist with the same digest (resume),
+- otherwise computes, writes every output atomically, then records the digest in a sidecar
+  ``<output>.stage.json`` together with the stage's seconds and peak memory.
+
+Ground-truth identities ride along in ``images.parquet`` for evaluation only: the training stage
+reads image paths, camera ids and the pseudo-labels file, never the ``pid`` column (unless the run
+is explicitly ``mode="supervised"``, where the labels file is built from ground truth by
+:func:`ground_truth_labels`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ..io.atomic import read_parquet, write_parquet
+from ..io.features_io import read_features, write_features
+from ..profiling import profile_stage
+from . import cache
+from .config import RunConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ("image_id", "path", "camid", "pid", "split")
+
+
+class AllOutliersWarning(UserWarning):
+    """Clustering produced no cluster: the round's training is skipped."""
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+def _done(outputs: list[Path], digest: str, prof: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    cache.mark_done(outputs, digest, {"seconds": prof.get("seconds"), "peak_rss_mb": prof.get("peak_rss_mb"), **(extra or {})})
+
+
+def _train_view(images: pd.DataFrame) -> pd.DataFrame:
+    """The columns training may see: no ``pid``."""
+    train = images[images["split"] == "train"]
+    return train[["image_id", "path", "camid"]].reset_index(drop=True)
+
+
+def _build_or_load_model(checkpoint_path: str | Path | None, cfg: RunConfig, device):
+    from ..models import build_model, model_from_checkpoint
+
+    if checkpoint_path is not None:
+        return model_from_checkpoint(checkpoint_path, device)
+    if cfg.init_checkpoint:
+        return model_from_checkpoint(cfg.init_checkpoint, device)
+    model = build_model(cfg.backbone, pretrained=cfg.pretrained)
+    return model.to(device)
+
+
+def round_seed(cfg: RunConfig, round_idx: int) -> int:
+    return int(cfg.seed) * 1000 + int(round_idx)
+
+
+# ----------------------------------------------------------------------------------------------
+# index
+
+def index_images(dataset: str, data_root: str | Path, out_path: str | Path) -> Path:
+    """Build ``images.parquet``. Always re-lists the data (cheap) but rewrites the file only when
+    its content changed, so unchanged data keeps downstream stages cached."""
+    from ..data import load_manifest, load_market1501
+
+    out_path = Path(out_path)
+    with profile_stage() as prof:
+        if dataset == "synthetic":
+            from ..data.synthetic import ensure_synthetic
+
+            ensure_synthetic(data_root)
+            df = load_market1501(data_root)
+        elif dataset == "market1501":
+            df = load_market1501(data_root)
+        elif dataset == "manifest":
+            df = load_manifest(data_root)
+        else:
+            raise ValueError(f"dataset: unknown dataset {dataset!r} (synthetic, market1501, manifest)")
+        df = df[list(IMAGE_COLUMNS)].reset_index(drop=True)
+        if (df["split"] == "train").sum() == 0:
+            raise ValueError(f"{data_root}: no training images found")
+    if out_path.exists():
+        try:
+            old = pd.read_parquet(out_path)
+            if old[list(IMAGE_COLUMNS)].equals(df):
+                return out_path
+        except Exception:  # unreadable old file: rewrite it
+            pass
+    write_parquet(df, out_path)
+    digest = cache.stage_digest([out_path], {"stage": "index"})
+    _done([out_path], digest, prof, {"n_images": len(df), "splits": df["split"].value_counts().to_dict()})
+    return out_path
+
+
+# ----------------------------------------------------------------------------------------------
+# extract
+
+def extract_features_stage(images_path: str | Path, checkpoint_path: str | Path | None, cfg: RunConfig,
+                           round_idx: int, out_path: str | Path, splits: tuple[str, ...] = ("train",),
+                           progress: bool = True) -> Path:
+    """Features of the images of ``splits`` with the model of ``checkpoint_path`` (None = initial model)."""
+    from ..device import pick_device
+    from ..features import extract_features
+
+    out_path = Path(out_path)
+    params = {"stage": "extract", **cfg.model_params(), "flip": cfg.flip, "splits": list(splits),
+              "init_checkpoint": cfg.init_checkpoint, "round": round_idx}
+    digest = cache.stage_digest([images_path, checkpoint_path, cfg.init_checkpoint if checkpoint_path is None else None], params)
+    if cache.is_fresh([out_path], digest):
+        return out_path
+    images = read_parquet(images_path, required=IMAGE_COLUMNS)
+    subset = images[images["split"].isin(splits)]
+    with profile_stage() as prof:
+        device = pick_device(cfg.device)
+        model = _build_or_load_model(checkpoint_path, cfg, device)
+        feats = extract_features(model, subset["path"].tolist(), height=cfg.height, width=cfg.width,
+                                 batch_size=cfg.extract_batch_size, device=device, flip=cfg.flip,
+                                 bf16=cfg.bf16, progress=progress)
+        write_features(out_path, subset["image_id"].to_numpy(), feats, round_idx)
+    _done([out_path], digest, prof, {"n_images": len(subset), "images_per_s": len(subset) / max(prof["seconds"], 1e-9)})
+    return out_path
+
+
+# ----------------------------------------------------------------------------------------------
+# cluster
+
+def build_pseudo_labels(features_path: str | Path, cfg: RunConfig, round_idx: int, out_path: str | Path,
+                        progress: bool = True) -> Path:
+    """k-reciprocal Jaccard distance + DBSCAN/HDBSCAN -> ``pseudo_labels.parquet`` (-1 = outlier)."""
+    from ..cluster.jaccard import compute_jaccard_distance
+    from ..cluster.pseudo_labels import cluster_features, cluster_stats
+
+    out_path = Path(out_path)
+    params = {"stage": "cluster", **cfg.cluster_params(), "round": round_idx}
+    digest = cache.stage_digest([features_path], params)
+    if cache.is_fresh([out_path], digest):
+        return out_path
+    ids, feats = read_features(features_path)
+    with profile_stage() as prof:
+        t0 = time.perf_counter()
+        dist = compute_jaccard_distance(feats, k1=cfg.k1, k2=cfg.k2, knn=cfg.knn)
+        t_jaccard = time.perf_counter() - t0
+        labels = cluster_features(dist, method=cfg.cluster_method, eps=cfg.eps, min_samples=cfg.min_samples,
+                                  min_cluster_size=cfg.min_samples)
+        stats = cluster_stats(labels)
+        df = pd.DataFrame({"image_id": ids, "label": np.asarray(labels, dtype=np.int64),
+                           "round": np.full(len(ids), round_idx, dtype=np.int64)})
+        write_parquet(df, out_path)
+    if stats["n_clusters"] == 0:
+        warnings.warn(f"round {round_idx}: clustering found no cluster ({len(ids)} outliers, eps={cfg.eps}); "
+                      "training is skipped this round. Try a larger eps.", AllOutliersWarning, stacklevel=2)
+    _done([out_path], digest, prof, {**{k: int(v) for k, v in stats.items()}, "jaccard_seconds": t_jaccard})
+    return out_path
+
+
+def ground_truth_labels(images_path: str | Path, out_path: str | Path, round_idx: int = 0) -> Path:
+    """Supervised mode only: labels from ground-truth pids of the train split (contiguous 0..C-1)."""
+    out_path = Path(out_path)
+    digest = cache.stage_digest([images_path], {"stage": "gt_labels", "round": round_idx})
+    if cache.is_fresh([out_path], digest):
+        return out_path
+    images = read_parquet(images_path, required=IMAGE_COLUMNS)
+    train = images[images["split"] == "train"]
+    if (train["pid"] < 0).any():
+        raise ValueError(f"{images_path}: supervised mode needs a pid for every training image; "
+                         f"{int((train['pid'] < 0).sum())} have none")
+    _, labels = np.unique(train["pid"].to_numpy(), return_inverse=True)
+    with profile_stage() as prof:
+        df = pd.DataFrame({"image_id": train["image_id"].to_numpy(), "label": labels.astype(np.int64),
+                           "round": np.full(len(train), round_idx, dtype=np.int64)})
+        write_parquet(df, out_path)
+    _done([out_path], digest, prof, {"n_clusters": int(labels.max() + 1) if len(labels) else 0, "n_outliers": 0})
+    return out_path
+
+
+def _labels_and_centroids(features_path, pseudo_labels_path):
+    ids, feats = read_features(features_path)
+    pl = read_parquet(pseudo_labels_path, required=("image_id", "label"))
+    label_of = dict(zip(pl["image_id"].to_numpy().tolist(), pl["label"].to_numpy().tolist()))
+    missing = [i for i in ids[:5].tolist() if i not in label_of]
+    if missing:
+        raise ValueError(f"{pseudo_labels_path}: no label for image_id(s) {missing} of {features_path}")
+    labels = np.array([label_of[i] for i in ids.tolist()], dtype=np.int64)
+    return ids, feats, labels
+
+
+def centroids_from(feats: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """L2-normalised mean feature of each cluster 0..C-1 (outliers ignored)."""
+    keep = labels >= 0
+    n_clusters = int(labels[keep].max()) + 1 if keep.any() else 0
+    cent = np.zeros((n_clusters, feats.shape[1]), dtype=np.float64)
+    np.add.at(cent, labels[keep], feats[keep].astype(np.float64))
+    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    return cent.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# ISE plan
+
+def ise_lambda_range(cfg: RunConfig, round_idx: int) -> tuple[float, float, int, int]:
+    """(lambda at the round's first iteration, at its last, t0, T) for the global schedule."""
+    from ..cluster.ise import lambda_schedule
+
+    total = cfg.rounds * cfg.iters
+    t0 = (round_idx - 1) * cfg.iters
+    t1 = round_idx * cfg.iters - 1
+    return lambda_schedule(t0, total, cfg.ise_lambda0), lambda_schedule(t1, total, cfg.ise_lambda0), t0, total
+
+
+def plan_ise(features_path: str | Path, pseudo_labels_path: str | Path, cfg: RunConfig, round_idx: int,
+             out_path: str | Path) -> Path:
+    """Per-round ISE inspection table: each cluster's nearest other clusters and the lambda range."""
+    from ..cluster.ise import nearest_cluster_table
+
+    out_path = Path(out_path)
+    params = {"stage": "ise_plan", **cfg.ise_params(), "rounds": cfg.rounds, "iters": cfg.iters, "round": round_idx}
+    digest = cache.stage_digest([features_path, pseudo_labels_path], params)
+    if cache.is_fresh([out_path], digest):
+        return out_path
+    with profile_stage() as prof:
+        ids, feats, labels = _labels_and_centroids(features_path, pseudo_labels_path)
+        cent = centroids_from(feats, labels)
+        lam0, lam1, t0, total = ise_lambda_range(cfg, round_idx)
+        if len(cent) >= 2:
+            table = nearest_cluster_table(feats[labels >= 0], labels[labels >= 0], cent, k=cfg.ise_k)
+        else:
+            table = pd.DataFrame()
+        table = table.copy()
+        table["round"] = round_idx
+        table["lambda_start"] = lam0
+        table["lambda_end"] = lam1
+        write_parquet(table, out_path)
+    _done([out_path], digest, prof, {"lambda_start": lam0, "lambda_end": lam1, "n_rows": len(table)})
+    return out_path
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+def _initial_state(checkpoint_in, cfg: RunConfig, device):
+    from ..io.checkpoint import load_checkpoint
+
+    model = _build_or_load_model(checkpoint_in, cfg, device)
+    state = load_checkpoint(checkpoint_in, map_location="cpu") if checkpoint_in is not None else {}
+    return model, state
+
+
+def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, features_path: str | Path,
+                      checkpoint_in: str | Path | None, cfg: RunConfig, round_idx: int,
+                      out_checkpoint: str | Path, out_log: str | Path,
+                      on_progress: Callable[[float], None] | None = None, progress: bool = True) -> tuple[Path, Path]:
+    """One contrastive epoch (``cfg.iters`` iterations) against a cluster memory built from this
+    round's features and pseudo-labels; writes checkpoint r (model + optimizer + scheduler)."""
+    import torch
+
+    from ..device import pick_device, set_seed
+    from ..io.checkpoint import save_checkpoint
+    from ..losses.cluster_memory import ClusterMemory
+    from ..models import model_checkpoint_state
+    from ..train import TrainConfig, build_optimizer, build_scheduler, train_epoch
+
+    out_checkpoint, out_log = Path(out_checkpoint), Path(out_log)
+    params = {"stage": "train", **cfg.train_params(), "round": round_idx, "init_checkpoint": cfg.init_checkpoint,
+              "pretrained": cfg.pretrained}
+    digest = cache.stage_digest([images_path, pseudo_labels_path, features_path, checkpoint_in], params)
+    if cache.is_fresh([out_checkpoint, out_log], digest):
+        return out_checkpoint, out_log
+
+    images = read_parquet(images_path, required=IMAGE_COLUMNS)
+    train_view = _train_view(images)  # never carries pid
+    with profile_stage() as prof:
+        ids, feats, labels = _labels_and_centroids(features_path, pseudo_labels_path)
+        by_id = train_view.set_index("image_id")
+        paths = by_id.loc[ids, "path"].tolist()
+        camids = by_id.loc[ids, "camid"].to_numpy()
+        device = pick_device(cfg.device)
+        set_seed(round_seed(cfg, round_idx))
+        model, state = _initial_state(checkpoint_in, cfg, device)
+        tcfg = train_config(cfg, round_idx)
+        optimizer = build_optimizer(model, tcfg)
+        scheduler = build_scheduler(optimizer, tcfg)
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
+        n_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
+        if n_clusters < 2:
+            warnings.warn(f"round {round_idx}: {n_clusters} cluster(s) - nothing to contrast, training skipped",
+                          AllOutliersWarning, stacklevel=2)
+            log_df = pd.DataFrame({"round": pd.Series(dtype="int64"), "iteration": pd.Series(dtype="int64"),
+                                   "loss": pd.Series(dtype="float64")})
+        else:
+            keep = labels >= 0
+            cent = centroids_from(feats, labels)
+            memory = ClusterMemory(feats.shape[1], n_clusters, temp=cfg.temp, momentum=cfg.momentum,
+                                   mode=cfg.memory_mode).to(device)
+            memory.init_centroids(torch.from_numpy(feats[keep]), torch.from_numpy(labels[keep]))
+            ise = None
+            if cfg.use_ise and (cfg.ise_interp or cfg.ise_lp):
+                from ..losses.ise_loss import ISELoss
+
+                ise = ISELoss(memory, lambda0=cfg.ise_lambda0, k=cfg.ise_k, use_interp=cfg.ise_interp,
+                              use_lp=cfg.ise_lp, lp_weight=cfg.lp_weight, lp_temp=cfg.lp_temp)
+            log_df = train_epoch(model, [paths[i] for i in np.flatnonzero(keep)], labels[keep], camids[keep],
+                                 memory, tcfg, optimizer, epoch=round_idx - 1, total_epochs=cfg.rounds, ise=ise,
+                                 progress=progress, on_progress=on_progress)
+            log_df.insert(0, "round", round_idx)
+        scheduler.step()
+        ckpt = model_checkpoint_state(model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                      round=round_idx, run_config=cfg.to_json())
+        save_checkpoint(ckpt, out_checkpoint)
+        write_parquet(log_df, out_log)
+    _done([out_checkpoint, out_log], digest, prof, {"n_clusters": n_clusters, "n_train": int((labels >= 0).sum())})
+    return out_checkpoint, out_log
+
+
+def train_config(cfg: RunConfig, round_idx: int):
+    from ..train import TrainConfig
+
+    return TrainConfig(height=cfg.height, width=cfg.width, p=cfg.p, k=cfg.k, iters=cfg.iters, lr=cfg.lr,
+                       weight_decay=cfg.weight_decay, step_size=cfg.step_size, bf16=cfg.bf16, device=cfg.device,
+                       seed=round_seed(cfg, round_idx), temp=cfg.temp, momentum=cfg.momentum,
+                       memory_mode=cfg.memory_mode, num_workers=cfg.num_workers)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+
+def evaluate_stage(images_path: str | Path, checkpoint_path: str | Path | None, cfg: RunConfig, round_idx: int,
+                   out_path: str | Path, pseudo_labels_path: str | Path | None = None,
+                   extra: dict[str, Any] | None = None, progress: bool = True) -> Path:
+    """Retrieval metrics on query/gallery (+ pseudo-label quality) -> one-row ``metrics.parquet``."""
+    from ..device import pick_device
+    from ..evaluation import evaluate_features, pseudo_label_quality
+    from ..features import extract_features
+
+    out_path = Path(out_path)
+    params = {"stage": "evaluate", **cfg.model_params(), "flip": cfg.flip, "rerank": cfg.rerank, "round": round_idx,
+              "init_checkpoint": cfg.init_checkpoint, "extra": extra or {}}
+    digest = cache.stage_digest([images_path, checkpoint_path, pseudo_labels_path], params)
+    if cache.is_fresh([out_path], digest):
+        return out_path
+    images = read_parquet(images_path, required=IMAGE_COLUMNS)
+    query = images[images["split"] == "query"]
+    gallery = images[images["split"] == "gallery"]
+    row: dict[str, Any] = {"round": round_idx, "method": method_name(cfg), "seed": cfg.seed}
+    with profile_stage() as prof:
+        if len(query) == 0 or len(gallery) == 0:
+            raise ValueError(f"{images_path}: evaluation needs query and gallery images "
+                             f"(found {len(query)} query, {len(gallery)} gallery)")
+        device = pick_device(cfg.device)
+        model = _build_or_load_model(checkpoint_path, cfg, device)
+        both = pd.concat([query, gallery])
+        t0 = time.perf_counter()
+        feats = extract_features(model, both["path"].tolist(), height=cfg.height, width=cfg.width,
+                                 batch_size=cfg.extract_batch_size, device=device, flip=cfg.flip, bf16=cfg.bf16,
+                                 progress=progress)
+        row["eval_extract_seconds"] = time.perf_counter() - t0
+        nq = len(query)
+        res = evaluate_features(feats[:nq], feats[nq:], query["pid"].to_numpy(), gallery["pid"].to_numpy(),
+                                query["camid"].to_numpy(), gallery["camid"].to_numpy(), rerank=cfg.rerank)
+        for key in ("mAP", "rank1", "rank5", "rank10", "mINP"):
+            row[key] = float(res[key])
+        row["n_queries"] = int(res.get("n_queries", nq))
+        row["n_skipped_queries"] = int(res.get("n_skipped", 0))
+        if pseudo_labels_path is not None:
+            pl = read_parquet(pseudo_labels_path, required=("image_id", "label"))
+            gt = images.set_index("image_id").loc[pl["image_id"].to_numpy(), "pid"].to_numpy()
+            if (gt >= 0).all():
+                q = pseudo_label_quality(pl["label"].to_numpy(), gt)
+                for key in ("nmi", "ari", "pair_precision", "pair_recall", "pair_f"):
+                    row[key] = float(q[key]) if q.get(key) is not None else math.nan
+            labels = pl["label"].to_numpy()
+            row["n_clusters"] = int(len(np.unique(labels[labels >= 0])))
+            row["n_outliers"] = int((labels < 0).sum())
+        for key, value in (extra or {}).items():
+            row[key] = value
+    row["evaluate_seconds"] = prof["seconds"]
+    df = pd.DataFrame([row])
+    write_parquet(df, out_path)
+    _done([out_path], digest, prof)
+    return out_path
+
+
+def method_name(cfg: RunConfig) -> str:
+    if cfg.mode == "supervised":
+        return "supervised"
+    if cfg.rounds == 0:
+        return "imagenet"
+    if not cfg.use_ise:
+        return "cluster_contrast"
+    if cfg.ise_interp and cfg.ise_lp:
+        return "cluster_contrast+ise"
+    return "cluster_contrast+ise_interp" if cfg.ise_interp else "cluster_contrast+ise_lp"
+
+
+def stage_profile(paths: dict[str, Path | None]) -> pd.DataFrame:
+    """Seconds and peak memory of each stage, read back from the sidecars."""
+    rows = []
+    for stage, path in paths.items():
+        if path is None:
+            continue
+        meta = cache.read_meta(path)
+        rows.append({"stage": stage, "seconds": meta.get("seconds"), "peak_rss_mb": meta.get("peak_rss_mb")})
+    return pd.DataFrame(rows)
