@@ -25,6 +25,7 @@ def round_paths(cfg: RunConfig, round_idx: int) -> dict[str, Path]:
         "train_log": d / "train_log.parquet",
         "metrics": d / "metrics.parquet",
         "profile": d / "profile.parquet",
+        "timing": d / "timing.json",
     }
 
 
@@ -39,8 +40,15 @@ def write_config(cfg: RunConfig) -> Path:
 def collect_metrics(cfg: RunConfig, rounds: int | None = None) -> pd.DataFrame:
     """Concatenate the per-round metrics files into ``<run>/metrics.parquet``."""
     rounds = cfg.rounds if rounds is None else rounds
-    frames = [pd.read_parquet(round_paths(cfg, r)["metrics"]) for r in range(rounds + 1)
-              if round_paths(cfg, r)["metrics"].exists()]
+    frames = []
+    for r in range(rounds + 1):
+        paths = round_paths(cfg, r)
+        if not paths["metrics"].exists():
+            continue
+        frame = pd.read_parquet(paths["metrics"])
+        if paths["timing"].exists():
+            frame = frame.assign(**json.loads(paths["timing"].read_text()))
+        frames.append(frame)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(df):
         for key, value in run_provenance(cfg).items():
@@ -83,14 +91,16 @@ def run_round(cfg: RunConfig, images: Path, round_idx: int, prev_checkpoint: Pat
     """Run round ``round_idx`` >= 1; returns the new checkpoint."""
     p = round_paths(cfg, round_idx)
     p["features"].parent.mkdir(parents=True, exist_ok=True)
-    stages.extract_features_stage(images, prev_checkpoint, cfg, round_idx, p["features"], progress=progress)
+    features: Path | None = None
     if cfg.mode == "supervised":
         stages.ground_truth_labels(images, p["pseudo_labels"], round_idx)
     else:
+        features = stages.extract_features_stage(images, prev_checkpoint, cfg, round_idx, p["features"],
+                                                 progress=progress)
         stages.build_pseudo_labels(p["features"], cfg, round_idx, p["pseudo_labels"], progress=progress)
         if cfg.use_ise:
             stages.plan_ise(p["features"], p["pseudo_labels"], cfg, round_idx, p["ise_plan"])
-    ckpt, _ = stages.train_epoch_stage(images, p["pseudo_labels"], p["features"], prev_checkpoint, cfg, round_idx,
+    ckpt, _ = stages.train_epoch_stage(images, p["pseudo_labels"], features, prev_checkpoint, cfg, round_idx,
                                        p["checkpoint"], p["train_log"], on_progress=on_progress, progress=progress)
     stages.evaluate_stage(images, ckpt, cfg, round_idx, p["metrics"], pseudo_labels_path=p["pseudo_labels"],
                           progress=progress)
@@ -98,17 +108,45 @@ def run_round(cfg: RunConfig, images: Path, round_idx: int, prev_checkpoint: Pat
     return ckpt
 
 
-def run_pipeline(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
-    """Index, evaluate the starting model (round 0), then ``cfg.rounds`` rounds; returns metrics."""
+def run_pipeline(cfg: RunConfig, progress: bool = True, budget_seconds: float | None = None,
+                 on_round: Callable[[int, pd.DataFrame], None] | None = None) -> pd.DataFrame:
+    """Index, evaluate the starting model (round 0), then up to ``cfg.rounds`` rounds.
+
+    ``budget_seconds``: stop before a round that would not finish inside the wall-clock budget
+    (estimated from the slowest round so far); ``on_round(r, metrics_row)`` is called after each
+    round (benchmarks append it to their Parquet so a cut-off run keeps its finished rows).
+    Returns the metrics of all finished rounds (also written to ``<run>/metrics.parquet``).
+    """
+    import time
+
+    start = time.perf_counter()
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg)
     images = stages.index_images(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
     p0 = round_paths(cfg, 0)
     p0["metrics"].parent.mkdir(parents=True, exist_ok=True)
     stages.evaluate_stage(images, None, cfg, 0, p0["metrics"], progress=progress)
+    if on_round is not None:
+        on_round(0, pd.read_parquet(p0["metrics"]))
     ckpt: Path | None = None
+    slowest = 0.0
+    done = 0
     for r in range(1, cfg.rounds + 1):
+        t_round = time.perf_counter()
+        elapsed = t_round - start
+        if budget_seconds is not None and r > 1 and elapsed + slowest > budget_seconds:
+            log.info("budget of %.0f s reached after %d rounds (%.0f s elapsed)", budget_seconds, r - 1, elapsed)
+            break
         ckpt = run_round(cfg, images, r, ckpt, progress=progress)
-        m = pd.read_parquet(round_paths(cfg, r)["metrics"]).iloc[0].to_dict()
-        log.info("round %d: %s", r, json.dumps({k: m.get(k) for k in ("mAP", "rank1", "ari", "n_clusters")}, default=str))
-    return collect_metrics(cfg)
+        slowest = max(slowest, time.perf_counter() - t_round)
+        done = r
+        metrics_path = round_paths(cfg, r)["metrics"]
+        timing = {"elapsed_seconds": time.perf_counter() - start, "round_seconds": time.perf_counter() - t_round}
+        with atomic_path(round_paths(cfg, r)["timing"]) as tmp:
+            tmp.write_text(json.dumps(timing))
+        m = pd.read_parquet(metrics_path).assign(**timing)
+        log.info("round %d: %s", r, json.dumps({k: m.iloc[0].get(k) for k in ("mAP", "rank1", "ari", "n_clusters")},
+                                               default=str))
+        if on_round is not None:
+            on_round(r, m)
+    return collect_metrics(cfg, rounds=done)

@@ -249,27 +249,53 @@ def plan_ise(features_path: str | Path, pseudo_labels_path: str | Path, cfg: Run
 # ----------------------------------------------------------------------------------------------
 # train
 
-def _initial_state(checkpoint_in, cfg: RunConfig, device):
+def train_config(cfg: RunConfig, round_idx: int):
+    """The :class:`reid_core.train.TrainConfig` of round ``round_idx`` (one round = one epoch)."""
+    from ..train import TrainConfig
+
+    return TrainConfig(height=cfg.height, width=cfg.width, p=cfg.p, k=cfg.k, iters=cfg.iters,
+                       epochs=max(cfg.rounds, 1), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       step_size=cfg.step_size, bf16=cfg.bf16, device=cfg.device, seed=round_seed(cfg, round_idx),
+                       temp=cfg.temp, momentum=cfg.momentum, memory_mode=cfg.memory_mode,
+                       use_ise=cfg.use_ise, ise_lambda0=cfg.ise_lambda0, ise_k=cfg.ise_k, ise_interp=cfg.ise_interp,
+                       ise_lp=cfg.ise_lp, lp_weight=cfg.lp_weight, lp_temp=cfg.lp_temp,
+                       num_workers=cfg.num_workers)
+
+
+def _model_for_training(checkpoint_in, cfg: RunConfig, device, num_classes: int):
+    """Model of checkpoint ``checkpoint_in`` (or the initial model) and that checkpoint's dict."""
     from ..io.checkpoint import load_checkpoint
+    from ..models import model_from_checkpoint
 
-    model = _build_or_load_model(checkpoint_in, cfg, device)
-    state = load_checkpoint(checkpoint_in, map_location="cpu") if checkpoint_in is not None else {}
-    return model, state
+    if checkpoint_in is not None:
+        return model_from_checkpoint(checkpoint_in, device), load_checkpoint(checkpoint_in, map_location="cpu")
+    if cfg.mode == "supervised":
+        from ..supervised import build_supervised_model
+
+        model = build_supervised_model(cfg.backbone, cfg.pretrained, num_classes, cfg.supervised_loss)
+        if cfg.init_checkpoint:
+            init = model_from_checkpoint(cfg.init_checkpoint, "cpu")
+            result = model.load_state_dict(init.state_dict(), strict=False)
+            log.info("initialised from %s (missing %s)", cfg.init_checkpoint, result.missing_keys)
+        return model.to(device), {}
+    return _build_or_load_model(None, cfg, device), {}
 
 
-def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, features_path: str | Path,
+def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, features_path: str | Path | None,
                       checkpoint_in: str | Path | None, cfg: RunConfig, round_idx: int,
                       out_checkpoint: str | Path, out_log: str | Path,
                       on_progress: Callable[[float], None] | None = None, progress: bool = True) -> tuple[Path, Path]:
-    """One contrastive epoch (``cfg.iters`` iterations) against a cluster memory built from this
-    round's features and pseudo-labels; writes checkpoint r (model + optimizer + scheduler)."""
-    import torch
+    """One epoch (``cfg.iters`` iterations) of round ``round_idx``; writes checkpoint r
+    (model + optimizer + scheduler [+ objective]) and the per-iteration training log.
 
+    Unsupervised: contrastive loss against a cluster memory built from this round's features and
+    pseudo-labels (+ ISE, + optional metric losses on pseudo-labels). Supervised: the
+    ``cfg.supervised_loss`` objective on ground-truth labels (from :func:`ground_truth_labels`).
+    """
     from ..device import pick_device, set_seed
     from ..io.checkpoint import save_checkpoint
-    from ..losses.cluster_memory import ClusterMemory
     from ..models import model_checkpoint_state
-    from ..train import TrainConfig, build_optimizer, build_scheduler, train_epoch
+    from ..train import build_ise, build_memory, build_optimizer, build_scheduler, train_epoch
 
     out_checkpoint, out_log = Path(out_checkpoint), Path(out_log)
     params = {"stage": "train", **cfg.train_params(), "round": round_idx, "init_checkpoint": cfg.init_checkpoint,
@@ -280,59 +306,75 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
 
     images = read_parquet(images_path, required=IMAGE_COLUMNS)
     train_view = _train_view(images)  # never carries pid
+    pl = read_parquet(pseudo_labels_path, required=("image_id", "label"))
     with profile_stage() as prof:
-        ids, feats, labels = _labels_and_centroids(features_path, pseudo_labels_path)
         by_id = train_view.set_index("image_id")
+        unknown = np.setdiff1d(pl["image_id"].to_numpy(), by_id.index.to_numpy())
+        if len(unknown):
+            raise ValueError(f"{pseudo_labels_path}: image_id(s) {unknown[:5].tolist()} are not training images of {images_path}")
+        ids = pl["image_id"].to_numpy()
+        labels = pl["label"].to_numpy().astype(np.int64)
         paths = by_id.loc[ids, "path"].tolist()
         camids = by_id.loc[ids, "camid"].to_numpy()
+        keep = labels >= 0
+        n_clusters = int(labels.max()) + 1 if keep.any() else 0
         device = pick_device(cfg.device)
         set_seed(round_seed(cfg, round_idx))
-        model, state = _initial_state(checkpoint_in, cfg, device)
         tcfg = train_config(cfg, round_idx)
-        optimizer = build_optimizer(model, tcfg)
+        model, state = _model_for_training(checkpoint_in, cfg, device, n_clusters)
+        objective = None
+        if cfg.mode == "supervised":
+            from ..supervised import Objective, build_supervised_optimizer, train_supervised_epoch
+
+            objective = Objective(cfg.supervised_loss, model.feat_dim, n_clusters)
+            if "objective" in state:
+                objective.load_state_dict(state["objective"])
+            optimizer = build_supervised_optimizer(model, objective, tcfg)
+        else:
+            optimizer = build_optimizer(model, tcfg)
         scheduler = build_scheduler(optimizer, tcfg)
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
-        n_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
         if n_clusters < 2:
             warnings.warn(f"round {round_idx}: {n_clusters} cluster(s) - nothing to contrast, training skipped",
                           AllOutliersWarning, stacklevel=2)
             log_df = pd.DataFrame({"round": pd.Series(dtype="int64"), "iteration": pd.Series(dtype="int64"),
                                    "loss": pd.Series(dtype="float64")})
+        elif cfg.mode == "supervised":
+            log_df = train_supervised_epoch(model, objective, paths, labels, camids, tcfg, optimizer,
+                                            epoch=round_idx - 1, progress=progress, on_progress=on_progress)
+            log_df.insert(0, "round", round_idx)
         else:
-            keep = labels >= 0
-            cent = centroids_from(feats, labels)
-            memory = ClusterMemory(feats.shape[1], n_clusters, temp=cfg.temp, momentum=cfg.momentum,
-                                   mode=cfg.memory_mode).to(device)
-            memory.init_centroids(torch.from_numpy(feats[keep]), torch.from_numpy(labels[keep]))
-            ise = None
-            if cfg.use_ise and (cfg.ise_interp or cfg.ise_lp):
-                from ..losses.ise_loss import ISELoss
+            if features_path is None:
+                raise ValueError("train_epoch_stage: unsupervised training needs this round's features_path")
+            fids, feats = read_features(features_path)
+            row_of = pd.Series(np.arange(len(fids)), index=fids)
+            feats = feats[row_of.loc[ids].to_numpy()]
+            memory = build_memory(feats[keep], labels[keep], tcfg, device=device)
+            ise = build_ise(memory, tcfg)
+            extra = None
+            if cfg.extra_losses:
+                from ..supervised import PSEUDO_LABEL_TERMS, Objective
 
-                ise = ISELoss(memory, lambda0=cfg.ise_lambda0, k=cfg.ise_k, use_interp=cfg.ise_interp,
-                              use_lp=cfg.ise_lp, lp_weight=cfg.lp_weight, lp_temp=cfg.lp_temp)
+                bad = [t for t in cfg.extra_losses if t not in PSEUDO_LABEL_TERMS]
+                if bad:
+                    raise ValueError(f"RunConfig.extra_losses: {bad} cannot run on pseudo-labels; choose from {PSEUDO_LABEL_TERMS}")
+                extra = Objective(cfg.extra_losses, model.feat_dim).to(device)
             log_df = train_epoch(model, [paths[i] for i in np.flatnonzero(keep)], labels[keep], camids[keep],
-                                 memory, tcfg, optimizer, epoch=round_idx - 1, total_epochs=cfg.rounds, ise=ise,
-                                 progress=progress, on_progress=on_progress)
+                                 memory, tcfg, optimizer, epoch=round_idx - 1, total_epochs=max(cfg.rounds, 1),
+                                 ise=ise, progress=progress, extra_loss=extra, on_progress=on_progress)
             log_df.insert(0, "round", round_idx)
         scheduler.step()
-        ckpt = model_checkpoint_state(model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                      round=round_idx, run_config=cfg.to_json())
-        save_checkpoint(ckpt, out_checkpoint)
+        extras = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "round": round_idx,
+                  "run_config": cfg.to_json()}
+        if objective is not None:
+            extras["objective"] = {k: v.detach().cpu() for k, v in objective.state_dict().items()}
+        save_checkpoint(model_checkpoint_state(model, **extras), out_checkpoint)
         write_parquet(log_df, out_log)
-    _done([out_checkpoint, out_log], digest, prof, {"n_clusters": n_clusters, "n_train": int((labels >= 0).sum())})
+    _done([out_checkpoint, out_log], digest, prof, {"n_clusters": n_clusters, "n_train": int(keep.sum())})
     return out_checkpoint, out_log
-
-
-def train_config(cfg: RunConfig, round_idx: int):
-    from ..train import TrainConfig
-
-    return TrainConfig(height=cfg.height, width=cfg.width, p=cfg.p, k=cfg.k, iters=cfg.iters, lr=cfg.lr,
-                       weight_decay=cfg.weight_decay, step_size=cfg.step_size, bf16=cfg.bf16, device=cfg.device,
-                       seed=round_seed(cfg, round_idx), temp=cfg.temp, momentum=cfg.momentum,
-                       memory_mode=cfg.memory_mode, num_workers=cfg.num_workers)
 
 
 # ----------------------------------------------------------------------------------------------
