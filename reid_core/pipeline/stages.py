@@ -93,10 +93,10 @@ def index_images(dataset: str, data_root: str | Path, out_path: str | Path) -> P
             raise ValueError(f"{data_root}: no training images found")
     if out_path.exists():
         try:
-            old = pd.read_parquet(out_path)
-            if old[list(IMAGE_COLUMNS)].equals(df):
-                return out_path
-        except Exception:  # unreadable old file: rewrite it
+            old = pd.read_parquet(out_path)[list(IMAGE_COLUMNS)]
+            pd.testing.assert_frame_equal(old, df, check_dtype=False)
+            return out_path
+        except Exception:  # unreadable or different old file: rewrite it
             pass
     write_parquet(df, out_path)
     digest = cache.stage_digest([out_path], {"stage": "index"})
