@@ -150,7 +150,9 @@ def build_pseudo_labels(features_path: str | Path, cfg: RunConfig, round_idx: in
     ids, feats = read_features(features_path)
     with profile_stage() as prof:
         t0 = time.perf_counter()
-        dist = compute_jaccard_distance(feats, k1=cfg.k1, k2=cfg.k2, knn=cfg.knn)
+        # DBSCAN only looks at pairs within eps: storing the rest would cost memory for nothing
+        cutoff = cfg.eps if cfg.cluster_method == "dbscan" else None
+        dist = compute_jaccard_distance(feats, k1=cfg.k1, k2=cfg.k2, knn=cfg.knn, max_distance=cutoff)
         t_jaccard = time.perf_counter() - t0
         labels = cluster_features(dist, method=cfg.cluster_method, eps=cfg.eps, min_samples=cfg.min_samples,
                                   min_cluster_size=cfg.min_samples)

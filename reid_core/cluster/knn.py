@@ -1,0 +1,248 @@
+"""k-nearest-neighbour search on L2-normalised features, without an N x N matrix.
+
+Distances are squared Euclidean distances between L2-normalised rows,
+``d(i, j) = ||x_i - x_j||^2 = 2 - 2 cos(x_i, x_j)`` (clamped at 0), the distance Cluster-Contrast
+uses for its k-reciprocal encoding. Rankings by this distance and by cosine similarity agree.
+
+Conventions shared by every backend (the k-reciprocal code relies on them):
+
+* row ``i`` of the result lists its neighbours nearest first, and **the sample itself is always
+  at position 0** with distance exactly 0 (even when duplicates tie with it);
+* neighbours at equal distance are ordered by index (ties across the k-th place are
+  implementation-defined, as in every top-k);
+* indices are ``int64``, distances ``float32``.
+
+Backends
+--------
+``"exact"``
+    Chunked fp32 matrix products with ``torch`` on the device given (CPU or CUDA). The Gram
+    matrix is symmetric, so only the blocks on and above the diagonal are computed: each row
+    block is multiplied with the rows from its own start to the end, the block's own rows take
+    their top-k from it, and the transposed part updates the running top-k of the later rows.
+    Memory: ``O(N * k + chunk_size * N)``.
+``"pynndescent"``
+    Approximate graph search (NN-descent). The returned neighbours' distances are recomputed in
+    fp32 from the features, so only *which* neighbours are found can differ from ``"exact"``;
+    :func:`knn_recall` measures that.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from reid_core.device import pick_device
+
+__all__ = ["KnnResult", "knn_search", "knn_recall", "normalize_features", "pair_similarities", "KNN_METHODS"]
+
+KNN_METHODS = ("exact", "pynndescent")
+
+
+@dataclass
+class KnnResult:
+    """Neighbour lists of every sample (see module docstring for the conventions).
+
+    ``row_max`` (only when asked for) is each row's largest distance to *any* sample,
+    ``max_j d(i, j)``, which Zhong et al.'s re-ranking uses to normalise distances.
+    """
+
+    indices: np.ndarray  # (N, k) int64
+    distances: np.ndarray  # (N, k) float32
+    row_max: np.ndarray | None = None  # (N,) float32
+
+
+def normalize_features(features: Any, name: str = "features") -> np.ndarray:
+    """Validate a 2-D feature array and return it L2-normalised as C-contiguous float32.
+
+    Raises ``ValueError`` naming ``name`` for a wrong shape, non-finite values or all-zero rows.
+    """
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().float().numpy()
+    x = np.asarray(features)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (N, D), got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {x.shape})")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"{name} contains NaN or inf (first bad row {bad})")
+    norms = np.linalg.norm(x, axis=1)
+    if (norms == 0).any():
+        bad = int(np.flatnonzero(norms == 0)[0])
+        raise ValueError(f"{name} has an all-zero row ({bad}); cannot L2-normalise it")
+    return x / norms[:, None]
+
+
+def _sort_rows(sim: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order each row by descending similarity, ties by index (deterministic)."""
+    order = np.lexsort((idx, -sim), axis=-1)
+    return np.take_along_axis(sim, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+def pair_similarities(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """``x[rows[t]] . x[cols[t]]`` for every pair t (fp32), in chunks (no (P, D) array at once)."""
+    out = np.empty(len(rows), dtype=np.float32)
+    for s in range(0, len(rows), chunk):
+        a = x[rows[s : s + chunk]]
+        b = x[cols[s : s + chunk]]
+        out[s : s + chunk] = np.einsum("pd,pd->p", a, b)
+    return out
+
+
+def _finish(sim: np.ndarray, idx: np.ndarray, row_max: np.ndarray | None) -> KnnResult:
+    """Shared tail: self first with distance 0, sort, sims -> squared distances."""
+    n = sim.shape[0]
+    rows = np.arange(n)
+    # self always first: give it +inf similarity, whatever it had
+    is_self = idx == rows[:, None]
+    sim = np.where(is_self, np.inf, sim)
+    sim, idx = _sort_rows(sim, idx)
+    dist = np.maximum(2.0 - 2.0 * sim, 0.0).astype(np.float32)
+    dist[:, 0] = 0.0
+    return KnnResult(indices=idx.astype(np.int64), distances=dist, row_max=row_max)
+
+
+def _exact_knn(x: np.ndarray, k: int, chunk_size: int, device: torch.device, want_row_max: bool, progress: bool):
+    n = x.shape[0]
+    xt = torch.from_numpy(x).to(device)
+    best_v = torch.full((n, k), -math.inf, device=device)
+    best_i = torch.full((n, k), -1, dtype=torch.long, device=device)
+    row_min = torch.full((n,), math.inf, device=device) if want_row_max else None
+
+    def merge(rows: slice, cand_v: torch.Tensor, cand_i: torch.Tensor) -> None:
+        v = torch.cat([best_v[rows], cand_v], dim=1)
+        i = torch.cat([best_i[rows], cand_i], dim=1)
+        top_v, pos = torch.topk(v, k, dim=1)
+        best_v[rows] = top_v
+        best_i[rows] = torch.gather(i, 1, pos)
+
+    starts = range(0, n, chunk_size)
+    try:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="exact kNN", disable=not progress, leave=False)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        pass
+    with torch.no_grad():
+        for s in starts:
+            e = min(s + chunk_size, n)
+            b = e - s
+            sim = xt[s:e] @ xt[s:].T  # (b, n - s), fp32
+            if row_min is not None:
+                row_min[s:e] = torch.minimum(row_min[s:e], sim.min(dim=1).values)
+                if e < n:
+                    row_min[e:] = torch.minimum(row_min[e:], sim[:, b:].min(dim=0).values)
+            ar = torch.arange(b, device=device)
+            sim[ar, ar] = math.inf  # self first
+            cols = torch.arange(s, n, device=device)
+            kk = min(k, n - s)
+            top_v, pos = torch.topk(sim, kk, dim=1)
+            merge(slice(s, e), top_v, cols[pos])
+            if e < n:
+                t = sim[:, b:].T  # (n - e, b): later rows vs this block's rows
+                kk = min(k, b)
+                top_v, pos = torch.topk(t, kk, dim=1)
+                merge(slice(e, n), top_v, pos + s)
+    sim_np = best_v.cpu().numpy().astype(np.float64)
+    idx_np = best_i.cpu().numpy()
+    row_max = None
+    if row_min is not None:
+        row_max = np.maximum(2.0 - 2.0 * row_min.cpu().numpy().astype(np.float64), 0.0).astype(np.float32)
+    return sim_np, idx_np, row_max
+
+
+def _pynndescent_knn(x: np.ndarray, k: int, options: dict[str, Any], progress: bool):
+    try:
+        from pynndescent import NNDescent
+    except ImportError as exc:  # pragma: no cover - pynndescent is a dependency
+        raise ImportError("knn='pynndescent' needs the pynndescent package (pip install pynndescent)") from exc
+    n = x.shape[0]
+    opts = {"n_neighbors": min(n, max(k + 1, 15)), "metric": "euclidean", "random_state": 0,
+            "verbose": bool(progress), "low_memory": True}
+    opts.update(options)
+    if opts["n_neighbors"] < k:
+        raise ValueError(f"search_option n_neighbors={opts['n_neighbors']} is smaller than the k={k} needed")
+    index = NNDescent(x, **opts)
+    idx, _ = index.neighbor_graph
+    idx = np.asarray(idx, dtype=np.int64)
+    # self first; pynndescent may miss self (duplicates) or pad with -1: drop those
+    rows = np.arange(n)
+    idx = np.concatenate([rows[:, None], np.where(idx == rows[:, None], -1, idx)], axis=1)
+    valid = idx >= 0
+    r = np.repeat(rows, idx.shape[1])
+    c = np.where(valid, idx, rows[:, None]).ravel()
+    sim = pair_similarities(x, r, c).reshape(idx.shape).astype(np.float64)
+    sim = np.where(valid, sim, -np.inf)
+    sim[:, 0] = np.inf
+    sim, idx = _sort_rows(sim, idx)
+    repeat = np.zeros(idx.shape, dtype=bool)
+    repeat[:, 1:] = idx[:, 1:] == idx[:, :-1]  # a neighbour listed twice sorts next to itself
+    if repeat.any():
+        sim, idx = _sort_rows(np.where(repeat, -np.inf, sim), idx)
+    if np.isneginf(sim[:, :k]).any():
+        raise RuntimeError("pynndescent returned fewer than k neighbours for some rows; raise search_option['n_neighbors']")
+    return sim[:, :k], idx[:, :k]
+
+
+def knn_search(
+    features: Any,
+    k: int,
+    method: str = "exact",
+    *,
+    chunk_size: int = 1024,
+    device: str | torch.device = "cpu",
+    return_row_max: bool = False,
+    search_option: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> KnnResult:
+    """The ``k`` nearest samples of every sample (itself included, at position 0).
+
+    ``features``: (N, D) array or tensor; rows are L2-normalised here.
+    ``k`` is clamped to N. ``method``: ``"exact"`` or ``"pynndescent"`` (see module docstring).
+    ``search_option``: extra keyword arguments for ``pynndescent.NNDescent`` (e.g.
+    ``{"n_neighbors": 60, "n_jobs": 2}``). ``return_row_max`` (exact only, needed by
+    re-ranking) also returns every row's largest distance.
+    """
+    if method not in KNN_METHODS:
+        raise ValueError(f"knn method must be one of {KNN_METHODS}, got {method!r}")
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    x = normalize_features(features)
+    n = x.shape[0]
+    k = min(int(k), n)
+    row_max = None
+    if method == "exact":
+        sim, idx, row_max = _exact_knn(x, k, int(chunk_size), pick_device(device), return_row_max, progress)
+    else:
+        if return_row_max:
+            raise ValueError("return_row_max needs the exact backend (it is a maximum over all samples)")
+        sim, idx = _pynndescent_knn(x, k, dict(search_option or {}), progress)
+    return _finish(sim, idx, row_max)
+
+
+def knn_recall(approx: np.ndarray, exact: np.ndarray, k: int | None = None, skip_self: bool = True) -> float:
+    """Recall@k of approximate neighbour lists against exact ones.
+
+    Fraction of the exact ``k`` nearest neighbours (self excluded when ``skip_self``, as it is
+    trivially found) that the approximate lists' first ``k`` entries contain.
+    """
+    approx = np.asarray(approx)
+    exact = np.asarray(exact)
+    if approx.shape[0] != exact.shape[0]:
+        raise ValueError(f"approx and exact have different numbers of rows: {approx.shape[0]} vs {exact.shape[0]}")
+    k = min(exact.shape[1], approx.shape[1]) if k is None else int(k)
+    start = 1 if skip_self else 0
+    a = approx[:, start:k]
+    e = exact[:, start:k]
+    if e.size == 0:
+        return 1.0
+    hits = (e[:, :, None] == a[:, None, :]).any(axis=2)
+    return float(hits.mean())
