@@ -1,0 +1,99 @@
+"""Helpers shared by the flows: building the RunConfig from flow parameters and the artifact
+contents (presentation only; all computing happens in ``reid_core.pipeline.stages``)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from reid_core.pipeline.config import RunConfig
+
+#: RunConfig's own defaults, used as the flows' parameter defaults so both stay in step
+DEFAULTS = RunConfig()
+
+#: provenance columns of ``metrics.parquet`` left out of the table artifact (long / constant)
+_HIDDEN_COLUMNS = ("config_json", "torch_version", "sklearn_version", "python_version", "machine")
+
+
+def build_config(named: dict[str, Any], overrides: dict[str, Any] | None) -> RunConfig:
+    """``RunConfig`` from the flow's named parameters plus ``overrides`` (any other RunConfig field).
+
+    A field may be given once: as a named parameter or in ``overrides``, not both. ``runs_dir`` and
+    ``data_root`` are made absolute so the run folder printed in artifacts is unambiguous.
+    """
+    overrides = dict(overrides or {})
+    clash = sorted(set(overrides) & set(named))
+    if clash:
+        raise ValueError(f"overrides: {clash} are flow parameters; pass them as parameters, not in overrides")
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"overrides: unknown RunConfig field(s) {unknown}; known: {sorted(known)}")
+    values = {**named, **overrides}
+    for key in ("runs_dir", "data_root"):
+        if values.get(key) is not None:
+            values[key] = str(Path(values[key]).expanduser().resolve())
+    return RunConfig.from_dict(values)
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    key = "-".join(parts).lower()
+    key = re.sub(r"[^a-z0-9-]+", "-", key)
+    return re.sub(r"-{2,}", "-", key).strip("-") or "run"
+
+
+def metrics_table(metrics: pd.DataFrame, profiles: list[pd.DataFrame] | None = None) -> list[dict[str, Any]]:
+    """Rows for the table artifact: one per round, provenance columns dropped, stage seconds added."""
+    df = metrics.drop(columns=[c for c in _HIDDEN_COLUMNS if c in metrics.columns])
+    frames = [p for p in (profiles or []) if p is not None and len(p)]
+    if frames and "round" in df.columns:
+        prof = pd.concat(frames, ignore_index=True)
+        wide = prof.pivot_table(index="round", columns="stage", values="seconds", aggfunc="sum")
+        wide.columns = [f"seconds_{c}" for c in wide.columns]
+        df = df.merge(wide.reset_index(), on="round", how="left")
+    df = df.astype(object).where(pd.notna(df), None)
+    return df.to_dict("records")
+
+
+def fmt_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def markdown_summary(cfg: RunConfig, records: list[dict[str, Any]], skipped_rounds: list[int],
+                     title: str = "Cluster-Contrast run") -> str:
+    """A short Markdown report: where the outputs are and the metrics of every round."""
+    run_dir = cfg.run_dir
+    lines = [
+        f"# {title} `{cfg.name}`",
+        "",
+        f"- dataset: `{cfg.dataset}` at `{cfg.data_root}`",
+        f"- backbone: `{cfg.backbone}`, rounds: {cfg.rounds}, clustering: `{cfg.cluster_method}` (eps {cfg.eps}), "
+        f"ISE: {cfg.use_ise}, batch P x K = {cfg.p} x {cfg.k}, iters {cfg.iters}, seed {cfg.seed}",
+        f"- run folder: `{run_dir}`",
+        f"- all-round metrics: `{run_dir / 'metrics.parquet'}`",
+        f"- images table: `{run_dir / 'images.parquet'}`; configuration: `{run_dir / 'config.json'}`",
+        "- per round: `round_NNN/{features, pseudo_labels, ise_plan, train_log, metrics, profile}.parquet` "
+        "and `checkpoint.pt`",
+        "",
+    ]
+    if skipped_rounds:
+        lines += [f"**Warning:** training skipped in round(s) {skipped_rounds}: clustering found fewer than "
+                  "2 clusters (all outliers). Try a larger `eps`.", ""]
+    cols = [c for c in ("round", "mAP", "rank1", "rank5", "mINP", "nmi", "ari", "n_clusters", "n_outliers")
+            if any(c in r for r in records)]
+    if records and cols:
+        lines.append("| " + " | ".join(cols) + " |")
+        lines.append("|" + "---|" * len(cols))
+        for r in records:
+            lines.append("| " + " | ".join(fmt_value(r.get(c)) for c in cols) + " |")
+    lines += ["", "Open any stage with pandas: "
+              f"`pd.read_parquet('{run_dir / 'metrics.parquet'}')`"]
+    return "\n".join(lines)

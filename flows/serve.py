@@ -1,0 +1,362 @@
+"""One command to run the flows as Prefect deployments on this machine, offline.
+
+    python -m flows.serve                      # server + served deployments; Ctrl-C stops all
+    python -m flows.serve --mode worker        # server + process work pool + `prefect deploy` + worker
+    python -m flows.serve --run -p rounds=2 -p 'overrides={"pretrained": false}'   # ...and one run
+
+What it does, in order:
+
+1. starts ``prefect server start`` on ``127.0.0.1:<port>`` (embedded SQLite in ``--home``,
+   analytics off; the server log goes to ``<home>/server.log``) and waits for ``/api/health``;
+2. ``--mode serve`` (default): a child process calls ``prefect.serve`` with the deployments
+   ``cluster-contrast/<name>`` and ``evaluate/<name>``; runs execute in subprocesses of it.
+   ``--mode worker``: creates the process work pool ``--pool``, runs ``prefect deploy --all`` with
+   the repository's ``prefect.yaml`` and starts ``prefect worker start --pool <pool>``;
+3. waits until the deployment is registered, prints ``READY ...`` and writes ``<home>/serve.json``
+   (API URL, deployment names, process ids);
+4. with ``--run``: ``prefect deployment run 'cluster-contrast/<name>' --watch`` with the given
+   ``-p key=value`` parameters, then shuts down and exits with that command's status. Without
+   ``--run`` it waits until interrupted (Ctrl-C / SIGTERM) or a child dies.
+
+Shutdown always stops the serve process / worker (and their flow-run subprocesses) *before* the
+server, so a worker never loses its API mid-run, and it runs on any exit (error, Ctrl-C, SIGTERM).
+From another terminal, with ``PREFECT_API_URL=http://127.0.0.1:<port>/api``:
+
+    prefect deployment run 'cluster-contrast/local' -p rounds=2 --watch --watch-timeout 900
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"  # never listen on other interfaces
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FLOW_NAMES = ("cluster-contrast", "evaluate")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers (no Prefect import here: the launcher only drives the CLI and the HTTP API)
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex((HOST, port)) == 0
+
+
+def prefect_env(home: Path, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for every child: its own PREFECT_HOME, the local API, no analytics, repo on path."""
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://{HOST}:{port}/api",
+        "PREFECT_SERVER_API_HOST": HOST,
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+    })
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def prefect_cli() -> list[str]:
+    """The ``prefect`` command of *this* interpreter's environment."""
+    exe = Path(sys.executable).with_name("prefect")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
+
+
+def api_get(api_url: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + path, timeout=timeout) as resp:
+            body = resp.read()
+            return resp.status, json.loads(body) if body else None
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, None
+
+
+def wait_for(predicate, timeout: float, what: str, procs: list[subprocess.Popen] = (), interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{what}: process {p.args[:4]} exited early with status {p.returncode}")
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except Exception:
+        return []
+
+
+def stop_process(proc: subprocess.Popen, name: str, grace: float = 20.0) -> None:
+    """SIGTERM a child started in its own session, its process group and every descendant;
+    SIGKILL whatever is left after ``grace`` seconds."""
+    if proc.poll() is not None and not _descendants(proc.pid):
+        return
+    pids = [proc.pid] + _descendants(proc.pid)
+    print(f"[serve] stopping {name} (pid {proc.pid})", flush=True)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                if pid == proc.pid:
+                    os.killpg(pid, sig)  # the child is its session's / group's leader
+                else:
+                    os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
+        while time.monotonic() < deadline:
+            alive = [pid for pid in pids if _alive(pid)]
+            if proc.poll() is not None and not alive:
+                return
+            time.sleep(0.2)
+        if sig == signal.SIGTERM:
+            print(f"[serve] {name} did not stop within {grace:.0f} s; killing it", flush=True)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return False
+
+
+def yaml_deployment_names(path: Path = REPO_ROOT / "prefect.yaml") -> set[str]:
+    import yaml  # PyYAML ships with Prefect
+
+    with open(path, encoding="utf-8") as fh:
+        spec = yaml.safe_load(fh) or {}
+    return {d.get("name") for d in spec.get("deployments", []) if d.get("name")}
+
+
+def deployment_ready(api_url: str, flow_name: str, deployment: str) -> bool:
+    quoted = f"/deployments/name/{urllib.parse.quote(flow_name)}/{urllib.parse.quote(deployment)}"
+    status, _ = api_get(api_url, quoted)
+    return status == 200
+
+
+# ----------------------------------------------------------------------------------------------
+# child entry point: serve the deployments (this process imports Prefect and the flows)
+
+def serve_deployments(deployment_name: str, limit: int | None) -> None:
+    from prefect import serve
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.cluster_contrast import cluster_contrast
+    from flows.evaluate import evaluate_checkpoint
+
+    deployments = [
+        f.to_deployment(name=deployment_name, entrypoint_type=EntrypointType.MODULE_PATH,
+                        tags=["reid", "local"])
+        for f in (cluster_contrast, evaluate_checkpoint)
+    ]
+    serve(*deployments, limit=limit, print_starting_message=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# launcher
+
+class Launcher:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.home = Path(args.home).expanduser().resolve()
+        self.port = args.port or free_port()
+        self.api_url = f"http://{HOST}:{self.port}/api"
+        self.env = prefect_env(self.home, self.port)
+        self.server: subprocess.Popen | None = None
+        self.runner: subprocess.Popen | None = None  # serve process or worker
+        self._logs: list = []
+
+    # -- processes --------------------------------------------------------------------------
+    def _spawn(self, cmd: list[str], log_name: str | None) -> subprocess.Popen:
+        out = None
+        if log_name is not None:
+            fh = open(self.home / log_name, "ab")
+            self._logs.append(fh)
+            out = fh
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                start_new_session=True)
+
+    def _cli(self, *argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd = prefect_cli() + list(argv)
+        print(f"[serve] $ {' '.join(cmd)}", flush=True)
+        res = subprocess.run(cmd, cwd=REPO_ROOT, env=self.env, timeout=timeout, text=True, capture_output=True)
+        if res.stdout.strip():
+            print(res.stdout.rstrip(), flush=True)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"`{' '.join(argv[:3])}` failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        return res
+
+    def start_server(self) -> None:
+        if port_in_use(self.port):
+            raise RuntimeError(f"port {self.port} on {HOST} is already in use; choose another with --port")
+        cmd = prefect_cli() + ["server", "start", "--host", HOST, "--port", str(self.port), "--analytics-off"]
+        if self.args.no_ui:
+            cmd.append("--no-ui")
+        print(f"[serve] starting Prefect server at http://{HOST}:{self.port} (log: {self.home / 'server.log'})",
+              flush=True)
+        self.server = self._spawn(cmd, "server.log")
+        self._write_state()
+        wait_for(lambda: api_get(self.api_url, "/health")[0] == 200, self.args.startup_timeout,
+                 "Prefect server", [self.server])
+
+    def start_runner(self) -> None:
+        name = self.args.deployment_name
+        if self.args.mode == "serve":
+            cmd = [sys.executable, "-m", "flows.serve", "_serve", "--deployment-name", name]
+            if self.args.limit:
+                cmd += ["--limit", str(self.args.limit)]
+            self.runner = self._spawn(cmd, None)
+        else:
+            pool = self.args.pool
+            self._cli("work-pool", "create", pool, "--type", "process", "--overwrite")
+            self._cli("deploy", "--all", "--no-prompt", "--prefect-file", str(REPO_ROOT / "prefect.yaml"),
+                      timeout=300)
+            cmd = prefect_cli() + ["worker", "start", "--pool", pool, "--type", "process",
+                                   "--name", f"{pool}-worker", "--install-policy", "never"]
+            if self.args.limit:
+                cmd += ["--limit", str(self.args.limit)]
+            self.runner = self._spawn(cmd, None)
+        self._write_state()
+        procs = [p for p in (self.server, self.runner) if p is not None]
+        for flow_name in FLOW_NAMES:
+            wait_for(lambda: deployment_ready(self.api_url, flow_name, name), self.args.startup_timeout,
+                     f"deployment {flow_name}/{name}", procs)
+        # (a worker that has not polled yet is fine: a run created now waits in the queue for it)
+
+    def _write_state(self) -> None:
+        state = {"api_url": self.api_url, "ui_url": f"http://{HOST}:{self.port}", "home": str(self.home),
+                 "mode": self.args.mode,
+                 "deployments": [f"{f}/{self.args.deployment_name}" for f in FLOW_NAMES],
+                 "pids": {"launcher": os.getpid(),
+                          "server": self.server.pid if self.server else None,
+                          "runner": self.runner.pid if self.runner else None}}
+        tmp = self.home / "serve.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.home / "serve.json")
+
+    def run_once(self) -> int:
+        cmd = prefect_cli() + ["deployment", "run", f"cluster-contrast/{self.args.deployment_name}", "--watch",
+                               "--watch-timeout", str(self.args.watch_timeout)]
+        for item in self.args.param:
+            cmd += ["--param", item]
+        print(f"[serve] $ {' '.join(cmd)}", flush=True)
+        return subprocess.run(cmd, cwd=REPO_ROOT, env=self.env).returncode
+
+    def shutdown(self) -> None:
+        # order matters: stop whatever executes flow runs first, then the API they report to
+        if self.runner is not None:
+            stop_process(self.runner, "serve process" if self.args.mode == "serve" else "worker")
+        if self.server is not None:
+            stop_process(self.server, "Prefect server")
+        for fh in self._logs:
+            fh.close()
+        state = self.home / "serve.json"
+        if state.exists():
+            state.unlink()
+
+    def main(self) -> int:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.args.mode == "worker":
+            names = yaml_deployment_names()
+            if self.args.deployment_name not in names:
+                raise SystemExit(f"--mode worker deploys {REPO_ROOT / 'prefect.yaml'}, whose deployments are named "
+                                 f"{sorted(names)}; pass --deployment-name {sorted(names)[0]}")
+        try:
+            self.start_server()
+            self.start_runner()
+            print(f"READY api={self.api_url} ui=http://{HOST}:{self.port} deployments="
+                  f"{','.join(f'{f}/{self.args.deployment_name}' for f in FLOW_NAMES)}", flush=True)
+            if self.args.run:
+                return self.run_once()
+            print(f"[serve] try: PREFECT_API_URL={self.api_url} prefect deployment run "
+                  f"'cluster-contrast/{self.args.deployment_name}' -p rounds=2 --watch   (Ctrl-C here stops all)",
+                  flush=True)
+            while True:
+                for proc, what in ((self.server, "Prefect server"), (self.runner, "serve process / worker")):
+                    if proc is not None and proc.poll() is not None:
+                        print(f"[serve] {what} exited with status {proc.returncode}", flush=True)
+                        return 1
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            print("[serve] interrupted", flush=True)
+            return 130
+        finally:
+            self.shutdown()
+
+
+def _raise_keyboard_interrupt(signum, frame):  # SIGTERM -> same clean shutdown as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, default=int(os.environ.get("REID_PREFECT_PORT", "4200")),
+                    help="server port on 127.0.0.1 (0 = any free port; default $REID_PREFECT_PORT or 4200)")
+    ap.add_argument("--home", default=os.environ.get("REID_PREFECT_HOME", str(REPO_ROOT / "prefect_home")),
+                    help="PREFECT_HOME for the server, CLI and runs (SQLite database lives here)")
+    ap.add_argument("--mode", choices=["serve", "worker"], default="serve",
+                    help="serve: flow.serve in a child process; worker: process work pool + prefect deploy + worker")
+    ap.add_argument("--deployment-name", default="local")
+    ap.add_argument("--pool", default="reid-local", help="process work pool name (--mode worker)")
+    ap.add_argument("--limit", type=int, default=1, help="concurrent flow runs (one training at a time by default)")
+    ap.add_argument("--no-ui", action="store_true", help="API only, no web UI")
+    ap.add_argument("--startup-timeout", type=float, default=180.0)
+    ap.add_argument("--run", action="store_true", help="trigger one cluster-contrast run, watch it, then stop all")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=JSON",
+                    help="flow parameter for --run (repeatable), e.g. -p rounds=2")
+    ap.add_argument("--watch-timeout", type=int, default=3600)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_serve"]:  # internal: the serve child process
+        sub = argparse.ArgumentParser()
+        sub.add_argument("--deployment-name", default="local")
+        sub.add_argument("--limit", type=int, default=None)
+        a = sub.parse_args(argv[1:])
+        serve_deployments(a.deployment_name, a.limit)
+        return 0
+    args = build_parser().parse_args(argv)
+    if shutil.which("prefect") is None and not Path(sys.executable).with_name("prefect").exists():
+        print("[serve] warning: no `prefect` executable next to this Python; using `python -m prefect`", flush=True)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    return Launcher(args).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
