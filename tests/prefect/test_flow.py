@@ -130,3 +130,16 @@ def test_evaluate_flow_on_a_checkpoint(two_rounds, tiny_flow_params):
         assert row[col] == pytest.approx(ref[col], abs=1e-6)
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         evaluate_checkpoint(checkpoint=str(runs / "missing.pt"), name="eval-x", runs_dir=str(runs))
+
+
+def test_supervised_flow_writes_the_same_outputs(prefect_harness, tiny_flow_params, tmp_path):
+    from flows.supervised import supervised
+
+    params = {k: v for k, v in tiny_flow_params.items() if k not in ("eps",)}
+    out = supervised(name="sup", runs_dir=str(tmp_path), loss="id+triplet", rounds=1,
+                     **{k: v for k, v in params.items() if k not in ("rounds",)})
+    metrics = pd.read_parquet(out["metrics_path"])
+    assert list(metrics["round"]) == [0, 1] and set(metrics["method"]) == {"supervised"}
+    log = pd.read_parquet(tmp_path / "sup" / "round_001" / "train_log.parquet")
+    assert {"loss_id", "loss_triplet"} <= set(log.columns) and len(log) == params["iters"]
+    assert not (tmp_path / "sup" / "round_001" / "features.parquet").exists()  # no clustering in supervised mode

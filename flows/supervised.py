@@ -1,0 +1,96 @@
+"""The ``supervised`` flow: the upper bound every unsupervised result is compared with.
+
+Same tasks and the same Parquet outputs as ``cluster-contrast`` (so runs compare column for
+column), but each round's labels file comes from ground-truth identities and training uses the
+objective named by ``loss`` (``id``, ``triplet``, ``id+triplet``, ``softtriple``, ``id+aligned``, ...;
+see ``reid_core.supervised``). Wiring only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.logging import get_run_logger
+
+from reid_core.pipeline import loop
+from tasks import collect_metrics, evaluate, ground_truth_labels, index_images, train_epoch, write_profile
+
+from flows._common import DEFAULTS, artifact_key, build_config, markdown_summary, metrics_table
+
+
+@flow(name="supervised", flow_run_name="{name}", persist_result=False)
+def supervised(
+    name: str = "supervised",
+    dataset: str = "market1501",
+    data_root: str = DEFAULTS.data_root,
+    backbone: str = DEFAULTS.backbone,
+    rounds: int = DEFAULTS.rounds,
+    loss: str = "id+triplet",
+    p: int = DEFAULTS.p,
+    k: int = DEFAULTS.k,
+    iters: int = DEFAULTS.iters,
+    seed: int = DEFAULTS.seed,
+    runs_dir: str = DEFAULTS.runs_dir,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Supervised training on ground-truth identities for ``rounds`` epochs of ``iters`` iterations."""
+    logger = get_run_logger()
+    named = dict(name=name, dataset=dataset, data_root=data_root, backbone=backbone, rounds=rounds,
+                 supervised_loss=loss, p=p, k=k, iters=iters, seed=seed, runs_dir=runs_dir, mode="supervised",
+                 use_ise=False)
+    cfg = build_config(named, overrides)
+    cfg_dict = cfg.to_dict()
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    loop.write_config(cfg)
+    logger.info("run folder: %s", cfg.run_dir)
+    key = artifact_key(cfg.name)
+    progress_id = str(create_progress_artifact(progress=0.0, key=f"{key}-progress",
+                                               description=f"epochs done of {cfg.name}"))
+    images = index_images(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
+    p0 = loop.round_paths(cfg, 0)
+    p0["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    evaluate(images, None, cfg_dict, 0, p0["metrics"], progress=progress)
+    checkpoint: Path | None = None
+    for r in range(1, cfg.rounds + 1):
+        paths = loop.round_paths(cfg, r)
+        paths["pseudo_labels"].parent.mkdir(parents=True, exist_ok=True)
+        base = 100.0 * (r - 1) / cfg.rounds
+        labels = ground_truth_labels(images, paths["pseudo_labels"], r)
+        checkpoint, _ = train_epoch(images, labels, None, checkpoint, cfg_dict, r, paths["checkpoint"],
+                                    paths["train_log"], progress_artifact_id=progress_id,
+                                    progress_span=(base, base + 90.0 / cfg.rounds), progress=progress)
+        evaluate(images, checkpoint, cfg_dict, r, paths["metrics"], pseudo_labels_path=labels, progress=progress)
+        write_profile(cfg_dict, r)
+        update_progress_artifact(artifact_id=progress_id, progress=100.0 * r / cfg.rounds)
+    metrics_path = collect_metrics(cfg_dict)
+    metrics = pd.read_parquet(metrics_path)
+    profiles = [pd.read_parquet(loop.round_paths(cfg, r)["profile"]) for r in range(1, cfg.rounds + 1)]
+    records = metrics_table(metrics, profiles)
+    create_table_artifact(records, key=f"{key}-metrics", description=f"metrics per epoch of {cfg.name}")
+    create_markdown_artifact(markdown_summary(cfg, records, []), key=f"{key}-summary",
+                             description=f"where the outputs of {cfg.name} are")
+    return {"run_dir": str(cfg.run_dir), "metrics_path": str(metrics_path), "metrics": records}
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="Run the supervised flow once, in this process.")
+    ap.add_argument("--name", default="supervised")
+    ap.add_argument("--dataset", default="market1501")
+    ap.add_argument("--data-root", default=DEFAULTS.data_root)
+    ap.add_argument("--rounds", type=int, default=DEFAULTS.rounds)
+    ap.add_argument("--loss", default="id+triplet")
+    ap.add_argument("--iters", type=int, default=DEFAULTS.iters)
+    ap.add_argument("--runs-dir", default=DEFAULTS.runs_dir)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON")
+    a = ap.parse_args()
+    ov = {f: json.loads(v) for f, _, v in (s.partition("=") for s in a.set)}
+    out = supervised(name=a.name, dataset=a.dataset, data_root=a.data_root, rounds=a.rounds, loss=a.loss,
+                     iters=a.iters, runs_dir=a.runs_dir, overrides=ov or None, progress=True)
+    print(json.dumps({k: out[k] for k in ("run_dir", "metrics_path")}))
