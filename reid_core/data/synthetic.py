@@ -1,16 +1,24 @@
 """Synthetic person crops in the Market-1501 layout (seeded, deterministic, NumPy-drawn).
 
-Each *identity* is a body template: height/width, skin and hair (short/long), upper clothes
-(colour + pattern: plain, horizontal/vertical stripes, chest logo, two-tone, checks; short or long
-sleeves), lower clothes (trousers, shorts or skirt), shoes, and an optional backpack or handbag.
-Each *camera* has its own background (wall/floor colours, texture, clutter), viewpoint mix
-(front / back / side), person scale and offset, brightness/contrast/gamma, colour cast, blur, sensor
-noise and occluders (railings, poles, cars). Each *image* adds jitter: position, scale, walking
-stride, brightness, background clutter and texture phase.
+Each *identity* is a body template: height/width, skin, hair (short/long) or a hat, upper clothes
+(colour from a wide palette incl. black/white/grey, muted and saturated; pattern: plain, horizontal/
+vertical stripes, chest logo, two-tone, checks, front print; short or long sleeves, or an open jacket
+showing a second colour in front), lower clothes (trousers, shorts or skirt), shoes, and an optional
+backpack, handbag or shoulder bag (strap across the chest). The person fills most of the crop height
+(typically ~80 %, 65-100 %) and about half its width, like a Market-1501 detection.
+
+Each *camera* has its own scene (wall/floor colours, a low-contrast texture), viewpoint mix (front /
+back / side: the side view is narrower and shows a backpack behind the torso), person scale and
+offset, colour cast, saturation, contrast/brightness/gamma, light direction (body shading), blur,
+sensor noise, occluders (railing or pole, rare) and passers-by at the edge. Each *image* adds jitter:
+a loose detector box (position, scale, aspect), walking stride, fold phase of the clothing pattern,
+per-image light and tint, blobs and objects in the background, sometimes a cast shadow.
 
 So the same person looks different across cameras (colour cast, view, background), and different
-people look alike within a camera (same background, light): raw-pixel retrieval is poor, while a
-model that learns clothing colour/pattern/shape invariant to the camera does well.
+people look alike (shared palette, clutter): raw-pixel retrieval is poor (cosine mAP ~0.1 on the
+default set), ImageNet features give a weak signal (MobileNetV2, no training: mAP ~0.17, like
+Market-1501's ~0.11): enough for clustering to start from, while the clothing colour/pattern/shape
+invariant to the camera still has to be learned.
 
 Output folder (Market layout, file names ``PPPP_cCs1_FFFFFF_NN.jpg``, pids from 1, cameras
 ``c1..cN``; optional distractors get pid 0 in the gallery)::
@@ -46,7 +54,7 @@ from .market import MARKET_FOLDERS
 logger = logging.getLogger(__name__)
 
 GENERATOR = "reid_core.data.synthetic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def _default_out_dir() -> Path:
@@ -57,7 +65,8 @@ def _default_out_dir() -> Path:
 
 DEFAULT_OUT_DIR = _default_out_dir()
 
-_PATTERNS = ("plain", "hstripes", "vstripes", "logo", "twotone", "checks")
+_PATTERNS = ("plain", "hstripes", "vstripes", "logo", "twotone", "checks", "print")
+_PATTERN_P = (0.18, 0.18, 0.1, 0.14, 0.1, 0.14, 0.16)
 _VIEWS = ("front", "back", "left", "right")
 
 
@@ -68,38 +77,50 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))), dtype=np.float32)
 
 
-def _cloth_colour(rng: np.random.Generator) -> np.ndarray:
+def _cloth_colour(rng: np.random.Generator, neutral_p: float = 0.25) -> np.ndarray:
     r = rng.random()
-    if r < 0.2:  # neutral: black / grey / white
-        return _hsv(0.0, 0.0, rng.uniform(0.08, 0.95))
-    if r < 0.35:  # muted (denim, khaki, olive, brown)
-        return _hsv(rng.choice([0.08, 0.12, 0.25, 0.6, 0.62]) + rng.normal(0, 0.02), rng.uniform(0.25, 0.55), rng.uniform(0.25, 0.7))
-    return _hsv(rng.random(), rng.uniform(0.45, 1.0), rng.uniform(0.35, 1.0))
+    if r < neutral_p:  # neutral: black / dark grey / grey / white
+        return _hsv(rng.random(), rng.uniform(0.0, 0.08), rng.choice([rng.uniform(0.05, 0.2), rng.uniform(0.35, 0.6),
+                                                                       rng.uniform(0.8, 0.97)]))
+    if r < neutral_p + 0.15:  # muted (denim, khaki, olive, brown, navy)
+        return _hsv(rng.choice([0.07, 0.11, 0.22, 0.58, 0.64]) + rng.normal(0, 0.02), rng.uniform(0.3, 0.65),
+                    rng.uniform(0.25, 0.75))
+    return _hsv(rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.4, 1.0))
+
+
+def _other_colour(rng: np.random.Generator, ref: np.ndarray, min_dist: float = 0.35) -> np.ndarray:
+    """A clothing colour visibly different from ``ref`` (second colour of a pattern)."""
+    c = _cloth_colour(rng)
+    for _ in range(20):
+        if float(np.abs(c - ref).sum()) >= min_dist:
+            break
+        c = _cloth_colour(rng)
+    return c
 
 
 def _make_identity(seed: int, pid: int) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 11, pid])
     upper = _cloth_colour(rng)
-    upper2 = _cloth_colour(rng)
-    lower = _cloth_colour(rng) if rng.random() < 0.6 else _hsv(rng.choice([0.0, 0.6, 0.1]), rng.uniform(0, 0.5), rng.uniform(0.1, 0.45))
-    skin = _hsv(rng.uniform(0.03, 0.1), rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.95))
-    hair = _hsv(rng.uniform(0.02, 0.12), rng.uniform(0.2, 0.7), rng.uniform(0.05, 0.5)) if rng.random() < 0.9 else _hsv(0, 0, rng.uniform(0.6, 0.9))
+    hair_r = rng.random()
     bag_r = rng.random()
+    lower = _cloth_colour(rng, neutral_p=0.45)
     return {
-        "height": rng.uniform(0.86, 1.0),
-        "width": rng.uniform(0.82, 1.2),
-        "skin": skin,
-        "hair": hair,
-        "long_hair": bool(rng.random() < 0.3),
+        "height": rng.uniform(0.9, 1.0),
+        "width": rng.uniform(0.85, 1.2),
+        "skin": _hsv(rng.uniform(0.03, 0.1), rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.95)),
+        "hair": (_hsv(rng.uniform(0.02, 0.12), rng.uniform(0.2, 0.7), rng.uniform(0.04, 0.45)) if hair_r < 0.85
+                 else _hsv(rng.random(), rng.uniform(0, 0.3), rng.uniform(0.55, 0.9))),
+        "hair_style": "long" if hair_r < 0.3 else ("short" if hair_r < 0.9 else "hat"),
+        "hat": _cloth_colour(rng),
         "upper": upper,
-        "upper2": upper2,
-        "pattern": _PATTERNS[int(rng.choice(len(_PATTERNS), p=[0.3, 0.15, 0.1, 0.2, 0.1, 0.15]))],
-        "stripe_freq": rng.uniform(5.0, 11.0),
-        "long_sleeves": bool(rng.random() < 0.6),
+        "upper2": _other_colour(rng, upper),
+        "pattern": _PATTERNS[int(rng.choice(len(_PATTERNS), p=_PATTERN_P))],
+        "stripe_freq": rng.uniform(4.0, 9.0),
+        "sleeves": ("short", "long", "jacket")[int(rng.choice(3, p=[0.4, 0.35, 0.25]))],
         "lower": lower,
-        "lower_kind": ("trousers", "shorts", "skirt")[int(rng.choice(3, p=[0.65, 0.2, 0.15]))],
-        "shoes": _hsv(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.05, 0.95)),
-        "bag": "none" if bag_r < 0.5 else ("backpack" if bag_r < 0.8 else "handbag"),
+        "lower_kind": ("trousers", "shorts", "skirt")[int(rng.choice(3, p=[0.6, 0.22, 0.18]))],
+        "shoes": _cloth_colour(rng, neutral_p=0.6),
+        "bag": "none" if bag_r < 0.45 else ("backpack" if bag_r < 0.7 else ("handbag" if bag_r < 0.85 else "shoulder")),
         "bag_colour": _cloth_colour(rng),
         "bag_side": 1.0 if rng.random() < 0.5 else -1.0,
     }
@@ -107,28 +128,31 @@ def _make_identity(seed: int, pid: int) -> dict[str, Any]:
 
 def _make_camera(seed: int, cam: int) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 23, cam])
-    views = rng.dirichlet([0.6, 0.6, 0.4, 0.4])
+    views = rng.dirichlet([1.0, 1.0, 0.6, 0.6]) * 0.7 + 0.3 * np.array([0.3, 0.3, 0.2, 0.2])
     return {
-        "wall": _hsv(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.25, 0.85)),
-        "floor": _hsv(rng.random(), rng.uniform(0.0, 0.35), rng.uniform(0.2, 0.7)),
-        "horizon": rng.uniform(0.55, 0.85),
+        "wall": _hsv(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.35, 0.8)),
+        "floor": _hsv(rng.random(), rng.uniform(0.0, 0.2), rng.uniform(0.3, 0.65)),
+        "horizon": rng.uniform(0.5, 0.8),
         "texture": ("noise", "hlines", "vlines", "tiles")[int(rng.integers(4))],
-        "texture_freq": rng.uniform(3.0, 12.0),
-        "texture_amp": rng.uniform(0.04, 0.14),
-        "clutter": int(rng.integers(0, 4)),
-        "views": views,
-        "scale": rng.uniform(0.74, 0.95),
-        "dx": rng.uniform(-0.07, 0.07),
-        "dy": rng.uniform(-0.04, 0.04),
-        "gain": rng.uniform(0.72, 1.28, size=3).astype(np.float32),  # colour cast
-        "gamma": float(np.exp(rng.uniform(-0.4, 0.4))),
-        "contrast": rng.uniform(0.7, 1.15),
-        "brightness": rng.uniform(-0.1, 0.1),
-        "blur": rng.uniform(0.0, 1.3),
-        "noise": rng.uniform(0.005, 0.04),
-        "occ_p": rng.uniform(0.1, 0.5),
+        "texture_freq": rng.uniform(3.0, 10.0),
+        "texture_amp": rng.uniform(0.01, 0.035),
+        "clutter": int(rng.integers(1, 4)),
+        "views": views / views.sum(),
+        "scale": rng.uniform(0.84, 0.93),
+        "dx": rng.uniform(-0.04, 0.04),
+        "dy": rng.uniform(-0.02, 0.02),
+        "gain": rng.uniform(0.88, 1.12, size=3).astype(np.float32),  # colour cast
+        "saturation": rng.uniform(0.75, 1.05),
+        "gamma": float(np.exp(rng.uniform(-0.3, 0.3))),
+        "contrast": rng.uniform(0.75, 1.1),
+        "brightness": rng.uniform(-0.08, 0.08),
+        "light_dir": rng.uniform(-1.0, 1.0),
+        "blur": rng.uniform(0.0, 0.8),
+        "noise": rng.uniform(0.004, 0.02),
+        "occ_p": rng.uniform(0.03, 0.2),
         "occ_kind": ("bottom", "side", "both")[int(rng.integers(3))],
-        "occ_colour": _hsv(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.1, 0.8)),
+        "occ_colour": _hsv(rng.random(), rng.uniform(0, 0.5), rng.uniform(0.15, 0.75)),
+        "passer_p": rng.uniform(0.05, 0.3),
     }
 
 
@@ -144,10 +168,13 @@ def _background(cam: dict, rng: np.random.Generator, yy: np.ndarray, xx: np.ndar
     # yy: (h, 1) row coordinates, xx: (1, w) column coordinates (broadcast to (h, w))
     h, w = yy.shape[0], xx.shape[1]
     fy, fx = yy / h, xx / w
-    horizon = cam["horizon"] + rng.normal(0, 0.02)
+    horizon = cam["horizon"] + rng.normal(0, 0.05)
     floor = fy > horizon
-    img = np.where(floor[..., None], cam["floor"], cam["wall"]).astype(np.float32)
-    img = img * (1.0 + 0.25 * (fx - 0.5) * rng.uniform(-1, 1))[..., None]  # light gradient -> (h, w, 3)
+    # the scene changes along the camera's field of view: per-image tint around the camera's colours
+    wall = np.clip(cam["wall"] * rng.uniform(0.75, 1.25) + rng.normal(0, 0.07, 3), 0, 1)
+    ground = np.clip(cam["floor"] * rng.uniform(0.8, 1.2) + rng.normal(0, 0.04, 3), 0, 1)
+    img = np.where(floor[..., None], ground, wall).astype(np.float32)
+    img = img * (1.0 + 0.2 * (fx - 0.5) * rng.uniform(-1, 1))[..., None]  # light gradient -> (h, w, 3)
     f, amp, ph = cam["texture_freq"], cam["texture_amp"], rng.uniform(0, 2 * np.pi)
     kind = cam["texture"]
     if kind == "hlines":
@@ -159,12 +186,30 @@ def _background(cam: dict, rng: np.random.Generator, yy: np.ndarray, xx: np.ndar
     else:
         tex = _lowfreq_noise(rng, h, w, (6, 4))
     img += (amp * tex)[..., None]
-    for _ in range(cam["clutter"] + int(rng.integers(0, 2))):  # objects behind the person
-        y0, x0 = rng.uniform(0, 0.9) * h, rng.uniform(-0.2, 0.9) * w
-        y1, x1 = y0 + rng.uniform(0.05, 0.4) * h, x0 + rng.uniform(0.1, 0.5) * w
-        m = (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
-        img[m] = _hsv(rng.random(), rng.uniform(0, 0.7), rng.uniform(0.1, 0.9))
+    # soft blobs (cars, plants, shop windows) blended into the scene, different in every image
+    for _ in range(cam["clutter"] + int(rng.integers(2, 5))):
+        cy, cx = rng.uniform(0, 1) * h, rng.uniform(-0.1, 1.1) * w
+        ry, rx = rng.uniform(0.05, 0.3) * h, rng.uniform(0.1, 0.45) * w
+        if rng.random() < 0.7:  # soft blob
+            m = np.clip(1.6 - ((yy - cy) / ry) ** 2 - ((xx - cx) / rx) ** 2, 0.0, 1.0)[..., None]
+        else:  # hard-edged object (window, sign, car)
+            m = ((np.abs(yy - cy) < ry) & (np.abs(xx - cx) < rx)).astype(np.float32)[..., None]
+        col = _hsv(rng.random(), rng.uniform(0, 0.7), rng.uniform(0.1, 0.9))
+        img += m * rng.uniform(0.5, 0.9) * (col - img)
     return img
+
+
+def _passer_by(img: np.ndarray, rng: np.random.Generator, u: np.ndarray, v: np.ndarray, tw: float) -> None:
+    """Part of another pedestrian at the left or right edge, behind the main person."""
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    c = side * rng.uniform(0.3, 0.42)
+    s = rng.uniform(0.9, 1.1)
+    h, w = img.shape[:2]
+    for v0, v1, half, col in ((0.14, 0.52, tw * s, _cloth_colour(rng)),
+                              (0.5, 0.95, tw * 0.8 * s, _cloth_colour(rng, 0.5)),
+                              (0.02, 0.14, 0.05 * s, _hsv(0.07, 0.4, rng.uniform(0.3, 0.8)))):
+        m = (np.abs(u - c) < half) & (v >= v0) & (v < v1)
+        img[np.broadcast_to(m, (h, w))] = col
 
 
 def _render(ident: dict, cam: dict, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -174,108 +219,141 @@ def _render(ident: dict, cam: dict, rng: np.random.Generator, height: int, width
 
     view = _VIEWS[int(rng.choice(4, p=cam["views"]))]
     side = view in ("left", "right")
-    ph = height * cam["scale"] * ident["height"] * rng.uniform(0.94, 1.06)
-    top = (height - ph) / 2 + (cam["dy"] + rng.normal(0, 0.015)) * height
-    cx = width / 2 + (cam["dx"] + rng.normal(0, 0.035)) * width
-    v = (yy - top) / ph
-    u = (xx - cx) / ph
+    # loose detector boxes: the person's height, position and aspect ratio vary from image to image
+    ph = height * cam["scale"] * ident["height"] * rng.uniform(0.84, 1.1)  # person height in pixels
+    top = (height - ph) / 2 + (cam["dy"] + rng.uniform(-0.05, 0.05)) * height
+    cx = width / 2 + (cam["dx"] + rng.uniform(-0.2, 0.2)) * width
+    v = (yy - top) / ph  # 0 = top of the head, 1 = soles
+    u = (xx - cx) / (ph * rng.uniform(0.88, 1.12))  # horizontal offset in units of the person height
+    tw = 0.125 * ident["width"] * (0.62 if side else 1.0)  # torso half-width at the shoulders
+    if rng.random() < cam["passer_p"]:
+        _passer_by(img, rng, u, v, 0.125)
     if view == "left":
         u = -u
-    tw = 0.115 * ident["width"] * (0.62 if side else 1.0)  # torso half-width at the shoulders
     stride = rng.uniform(0.0, 0.1) * (1.6 if side else 0.6)
+    person = np.zeros((height, width), dtype=bool)
 
     def paint(mask, colour):
-        img[np.broadcast_to(mask, (height, width))] = colour
+        m = np.broadcast_to(mask, (height, width))
+        img[m] = colour
+        person[m] = True
 
     def rect(u0, u1, v0, v1):
         return (u >= u0) & (u < u1) & (v >= v0) & (v < v1)
 
     # long hair behind the shoulders
-    if ident["long_hair"] and view != "back":
-        paint(rect(-0.06, 0.06, 0.07, 0.22), ident["hair"])
+    if ident["hair_style"] == "long" and view != "back":
+        paint(rect(-0.065, 0.065, 0.07, 0.24), ident["hair"])
     # backpack seen from the side sits behind the torso
     if ident["bag"] == "backpack" and side:
-        paint(rect(-tw - 0.07, -tw + 0.02, 0.17, 0.42), ident["bag_colour"])
+        paint(rect(-tw - 0.08, -tw + 0.02, 0.16, 0.44), ident["bag_colour"])
     # legs (two columns spreading with the walking stride), lower clothes
     dv = np.clip(v - 0.5, 0, None)
-    lw = 0.047 * ident["width"]
-    off = 0.0 if side else 0.045 * ident["width"]
-    leg_a = (np.abs(u - (off + stride * dv)) < lw) & (v >= 0.5) & (v < 0.94)
-    leg_b = (np.abs(u + (off + stride * dv)) < lw) & (v >= 0.5) & (v < 0.94)
+    lw = 0.05 * ident["width"]
+    off = 0.0 if side else 0.05 * ident["width"]
+    leg_a = (np.abs(u - (off + stride * dv)) < lw) & (v >= 0.5) & (v < 0.95)
+    leg_b = (np.abs(u + (off + stride * dv)) < lw) & (v >= 0.5) & (v < 0.95)
     legs = leg_a | leg_b
-    low_end = {"trousers": 0.94, "shorts": 0.68, "skirt": 0.5}[ident["lower_kind"]]
+    low_end = {"trousers": 0.95, "shorts": 0.7, "skirt": 0.5}[ident["lower_kind"]]
     paint(legs & (v >= low_end), ident["skin"])
     paint(legs & (v < low_end), ident["lower"])
     if ident["lower_kind"] == "skirt":
         half = tw * (0.9 + 0.6 * (v - 0.48) / 0.24)
         paint((np.abs(u) < half) & (v >= 0.48) & (v < 0.72), ident["lower"])
     # shoes
-    for c in (off + stride * 0.44, -(off + stride * 0.44)):
-        paint((np.abs(u - c - 0.012 * (1 if side else 0)) < lw * 1.25) & (v >= 0.935) & (v < 0.985), ident["shoes"])
+    for c in (off + stride * 0.45, -(off + stride * 0.45)):
+        paint((np.abs(u - c - (0.015 if side else 0.0)) < lw * 1.25) & (v >= 0.94) & (v < 1.0), ident["shoes"])
     # torso with pattern
     vt = (v - 0.14) / 0.38
-    torso = (np.abs(u) < tw * (1.0 - 0.12 * vt)) & (v >= 0.14) & (v < 0.52)
+    phase = rng.uniform(0, 2 * np.pi)  # cloth folds shift patterns from image to image
+    torso = np.broadcast_to((np.abs(u) < tw * (1.0 - 0.1 * vt)) & (v >= 0.14) & (v < 0.53), (height, width))
     pat = ident["pattern"]
     if pat == "hstripes":
-        alt = np.sin(2 * np.pi * ident["stripe_freq"] * vt) > 0
+        alt = np.sin(2 * np.pi * ident["stripe_freq"] * vt + phase) > 0
     elif pat == "vstripes":
-        alt = np.sin(2 * np.pi * (ident["stripe_freq"] / 2.5) * u / tw) > 0 if not side else np.zeros_like(torso)
+        alt = np.zeros_like(torso) if side else np.sin(2 * np.pi * (ident["stripe_freq"] / 2.5) * u / tw + phase) > 0
     elif pat == "twotone":
-        alt = vt > 0.5
+        alt = vt > 0.45
     elif pat == "checks":
-        alt = (np.sin(2 * np.pi * 3.5 * vt) > 0) ^ (np.sin(2 * np.pi * 1.5 * u / tw) > 0)
+        alt = (np.sin(2 * np.pi * 3.0 * vt + phase) > 0) ^ (np.sin(2 * np.pi * 1.5 * u / tw + 2 * phase) > 0)
+    elif pat == "print" and view != "back":  # large print on the front
+        alt = ((u / (tw * 0.7)) ** 2 + ((vt - 0.4) / 0.28) ** 2) < 1.0
     else:
         alt = np.zeros_like(torso)
     alt = np.broadcast_to(alt, torso.shape)
     img[torso] = np.where(alt[torso][:, None], ident["upper2"], ident["upper"])
+    person |= torso
     if pat == "logo" and view == "front":
-        paint(rect(-0.045, 0.045, 0.22, 0.31), ident["upper2"])
+        paint(rect(-0.05, 0.05, 0.21, 0.31), ident["upper2"])
+    jacket = ident["sleeves"] == "jacket"
+    if jacket and view == "front":  # open jacket: the shirt (second colour) shows in the middle
+        paint(rect(-0.3 * tw, 0.3 * tw, 0.15, 0.53), ident["upper2"])
+    if ident["bag"] == "shoulder" and view != "back":  # strap across the chest
+        strap = np.abs(u * ident["bag_side"] - (0.9 * tw - (v - 0.14) * 0.5)) < 0.013
+        paint(strap & (np.abs(u) < tw) & (v >= 0.14) & (v < 0.5), ident["bag_colour"])
     # arms: sleeves then skin, hands
-    sleeve_end = 0.47 if ident["long_sleeves"] else 0.27
+    sleeve_end = 0.27 if ident["sleeves"] == "short" else 0.48
     for sgn in ((1.0,) if side else (1.0, -1.0)):
         a0 = 0.0 if side else tw * sgn
         swing = stride * (0.8 if side else 0.2) * (v - 0.15)
-        arm = (np.abs(u - a0 - sgn * (0.022 + swing)) < 0.028) & (v >= 0.15) & (v < 0.49)
-        paint(arm & (v < sleeve_end), ident["upper"] * 0.85)
+        arm = (np.abs(u - a0 - sgn * (0.024 + swing)) < 0.03) & (v >= 0.15) & (v < 0.5)
+        paint(arm & (v < sleeve_end), ident["upper"] * 0.88)
         paint(arm & (v >= sleeve_end), ident["skin"])
     # bags in front / on the back
     if ident["bag"] == "backpack" and view == "back":
-        paint(rect(-0.09, 0.09, 0.17, 0.42), ident["bag_colour"])
+        paint(rect(-0.1, 0.1, 0.16, 0.44), ident["bag_colour"])
     elif ident["bag"] == "backpack" and view == "front":
-        for s in (-0.065, 0.065):
-            paint(rect(s - 0.012, s + 0.012, 0.14, 0.36), ident["bag_colour"])
-    elif ident["bag"] == "handbag":
+        for s in (-0.07, 0.07):
+            paint(rect(s - 0.014, s + 0.014, 0.14, 0.36), ident["bag_colour"])
+    elif ident["bag"] in ("handbag", "shoulder"):
         bs = ident["bag_side"] * (-1.0 if view == "back" else 1.0)
-        c = bs * (tw + 0.06) if not side else 0.03
-        paint(rect(c - 0.04, c + 0.04, 0.4, 0.56), ident["bag_colour"])
-    # neck, head, hair
-    paint(rect(-0.022, 0.022, 0.11, 0.15), ident["skin"])
-    hu = 0.052 * (0.85 if side else 1.0)
-    head = ((u / hu) ** 2 + ((v - 0.07) / 0.058) ** 2) < 1.0
+        c = bs * (tw + 0.07) if not side else 0.03
+        v0 = 0.4 if ident["bag"] == "handbag" else 0.36
+        paint(rect(c - 0.045, c + 0.045, v0, v0 + 0.15), ident["bag_colour"])
+    # neck, head, hair / hat
+    paint(rect(-0.024, 0.024, 0.11, 0.15), ident["skin"])
+    hu = 0.055 * (0.85 if side else 1.0)
+    head = ((u / hu) ** 2 + ((v - 0.07) / 0.06) ** 2) < 1.0
     paint(head, ident["skin"])
     hair = head & ((v < 0.045) | (view == "back"))
     if side:
         hair |= head & (u < -0.01)
     paint(hair, ident["hair"])
+    if ident["hair_style"] == "hat":
+        paint(head & (v < 0.05), ident["hat"])
+        paint(rect(-hu * 1.3, hu * 1.3, 0.04, 0.055), ident["hat"])
+
+    # shading: round body (darker at the silhouette's sides), light from one side, fabric noise
+    ur = np.clip(u / (tw + 0.06), -1.0, 1.0)
+    shade = 1.0 - 0.3 * ur ** 2 + 0.12 * cam["light_dir"] * ur * (-1.0 if view == "left" else 1.0)
+    shade = shade * (1.0 + 0.05 * _lowfreq_noise(rng, height, width, (12, 6)))
+    shade = np.broadcast_to(shade, (height, width))
+    img[person] *= shade[person][:, None]
 
     # occluders in front of the person
     if rng.random() < cam["occ_p"]:
         kind = cam["occ_kind"] if cam["occ_kind"] != "both" else ("bottom", "side")[int(rng.integers(2))]
         col = np.clip(cam["occ_colour"] * rng.uniform(0.8, 1.2), 0, 1)
         if kind == "bottom":
-            paint(yy >= height * rng.uniform(0.62, 0.85), col)
+            img[np.broadcast_to(yy >= height * rng.uniform(0.75, 0.9), (height, width))] = col
         else:
-            x0 = width * rng.uniform(-0.1, 0.8)
-            paint((xx >= x0) & (xx < x0 + width * rng.uniform(0.15, 0.35)), col)
+            x0 = width * rng.choice([rng.uniform(-0.1, 0.1), rng.uniform(0.75, 0.95)])
+            img[np.broadcast_to((xx >= x0) & (xx < x0 + width * rng.uniform(0.1, 0.2)), (height, width))] = col
 
-    # camera response: colour cast, contrast, brightness, gamma, noise
-    light = rng.uniform(0.9, 1.1)
-    img = img * cam["gain"] * light
-    img = (img - 0.5) * cam["contrast"] + 0.5 + cam["brightness"]
-    img = np.clip(img, 0.0, 1.0) ** cam["gamma"]
+    # cast shadow / sunlit patch over part of the scene
+    if rng.random() < 0.35:
+        edge = (rng.uniform(0.2, 0.8) * height - yy * rng.uniform(-0.6, 0.6) - xx) / (0.05 * height)
+        img *= (1.0 + rng.choice([-0.35, 0.3]) * np.clip(edge, 0.0, 1.0))[..., None]
+
+    # camera response: colour cast, saturation, contrast, brightness, gamma, noise
+    img = img * cam["gain"] * rng.uniform(0.88, 1.12) * rng.uniform(0.97, 1.03, 3).astype(np.float32)
+    grey = img.mean(axis=2, keepdims=True)
+    img = grey + cam["saturation"] * (img - grey)
+    img = (img - 0.5) * cam["contrast"] * rng.uniform(0.9, 1.1) + 0.5 + cam["brightness"] + rng.uniform(-0.06, 0.06)
+    img = np.clip(img, 0.0, 1.0) ** (cam["gamma"] * np.exp(rng.uniform(-0.15, 0.15)))
     img += cam["noise"] * rng.standard_normal(img.shape, dtype=np.float32)
     out = Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mode="RGB")
-    radius = cam["blur"] + rng.uniform(0.0, 0.3)
+    radius = (cam["blur"] + rng.uniform(0.0, 0.4)) * height / 128
     if radius > 0.15:
         out = out.filter(ImageFilter.GaussianBlur(radius))
     return np.asarray(out)
@@ -366,9 +444,10 @@ def _readme(p: dict[str, Any], counts: dict[str, dict[str, int]], seconds: float
         f"Generated by `{GENERATOR}` (version {GENERATOR_VERSION}) in {seconds:.1f} s. Regenerate with",
         "`reid_core.data.synthetic.ensure_synthetic(out_dir, **params)`; do not edit by hand.",
         "",
-        "Each identity is a drawn body template (clothing colours and pattern, sleeves, trousers/shorts/",
-        "skirt, shoes, hair, bag, height/width); each camera has its own background, viewpoint mix,",
-        "scale/offset, colour cast, gamma/contrast, blur, noise and occluders; each image adds jitter.",
+        "Each identity is a drawn body template (clothing colours and pattern, sleeves/jacket, trousers/",
+        "shorts/skirt, shoes, hair/hat, bag, height/width); each camera has its own scene, viewpoint mix,",
+        "scale/offset, colour cast, saturation, gamma/contrast, shading, blur, noise, occluders and",
+        "passers-by; each image adds jitter (box position/scale, pose, light, background clutter, shadow).",
         "File names follow `PPPP_cCs1_FFFFFF_NN.jpg` (pid from 1; pid 0 = distractor; cameras c1..cN).",
         "",
         "| folder | images | identities |",

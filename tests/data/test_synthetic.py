@@ -8,6 +8,7 @@ from PIL import Image
 
 from reid_core.data import (ensure_synthetic, generate_synthetic, is_synthetic_complete, load_market1501,
                             parse_market_name, render_person, summarize_images)
+from reid_core.data.synthetic import GENERATOR_VERSION, _make_camera, _make_identity, _render
 from reid_core.io import file_digest
 
 SMALL = dict(n_ids=8, n_cams=3, images_per_id_cam=2, height=32, width=16)
@@ -64,6 +65,7 @@ def test_default_set_speed_layout_and_counts(default_set):
         assert im.size == (64, 128) and im.mode == "RGB"
     meta = json.loads((out / "meta.json").read_text())
     assert meta["params"]["n_ids"] == 100 and meta["counts"]["query"]["images"] == 300
+    assert meta["params"]["version"] == GENERATOR_VERSION
     assert "bounding_box_train" in (out / "README.md").read_text()
 
 
@@ -86,6 +88,37 @@ def test_raw_pixels_do_not_solve_reid(default_set):
     assert raw < 0.12, f"raw-pixel mAP {raw:.3f} is too high: the task would be trivial"
     # the person region carries identity information (a model can learn it)
     assert centre > raw + 0.05, (raw, centre)
+
+
+def _person_extent(seed: int, cam: int, index: int, pid_a: int, pid_b: int, height=128, width=64):
+    """Rows/columns where two identities rendered with the same camera and the same random stream differ:
+    the background, box jitter and lighting are shared, so the difference is the person."""
+    cam_d = _make_camera(seed, cam)
+    a = _render(_make_identity(seed, pid_a), cam_d, np.random.default_rng([seed, cam, index]), height, width)
+    b = _render(_make_identity(seed, pid_b), cam_d, np.random.default_rng([seed, cam, index]), height, width)
+    diff = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 40
+    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.mean(axis=0) > 0.2)
+    return (rows[-1] - rows[0] + 1) / height, (cols[-1] - cols[0] + 1 if len(cols) else 0) / width
+
+
+def test_person_fills_most_of_the_box():
+    ext = np.array([_person_extent(0, cam, i, 2 * i + 1, 2 * i + 2) for cam in range(6) for i in range(4)])
+    h, w = np.median(ext, axis=0)
+    assert 0.8 <= h <= 1.0, f"person height is {h:.2f} of the crop height"
+    assert 0.4 <= w <= 0.8, f"person width is {w:.2f} of the crop width"
+
+
+def test_identity_attributes_and_version():
+    assert GENERATOR_VERSION >= 2  # version 2: Market-like framing (bump on any change of the drawing)
+    idents = [_make_identity(0, pid) for pid in range(1, 201)]
+    assert all(np.array_equal(idents[0][k], v) for k, v in _make_identity(0, 1).items())  # deterministic
+    # patterns use a visibly different second colour
+    assert np.mean([np.abs(i["upper"] - i["upper2"]).sum() >= 0.35 for i in idents]) > 0.95
+    # a wide palette: many distinct upper colours, dark and bright ones, patterned and plain clothes
+    uppers = np.stack([i["upper"] for i in idents])
+    assert uppers.max(axis=1).min() < 0.25 and uppers.max(axis=1).max() > 0.9
+    assert len({i["pattern"] for i in idents}) >= 6 and len({i["bag"] for i in idents}) == 4
+    assert {i["sleeves"] for i in idents} == {"short", "long", "jacket"}
 
 
 def test_small_set_loads_and_is_deterministic(tmp_path):
