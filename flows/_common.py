@@ -97,3 +97,23 @@ def markdown_summary(cfg: RunConfig, records: list[dict[str, Any]], skipped_roun
     lines += ["", "Open any stage with pandas: "
               f"`pd.read_parquet('{run_dir / 'metrics.parquet'}')`"]
     return "\n".join(lines)
+
+
+def publish_run_artifacts(cfg: RunConfig, metrics_path: str | Path, skipped_rounds: list[int],
+                          progress_id: str | None = None) -> list[dict[str, Any]]:
+    """The end of every training flow: metrics table + markdown summary artifacts, progress at 100%."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact, update_progress_artifact
+
+    from reid_core.pipeline import loop
+
+    key = artifact_key(cfg.name)
+    metrics = pd.read_parquet(metrics_path)
+    profiles = [pd.read_parquet(loop.round_paths(cfg, r)["profile"]) for r in range(1, cfg.rounds + 1)
+                if loop.round_paths(cfg, r)["profile"].exists()]
+    records = metrics_table(metrics, profiles)
+    create_table_artifact(records, key=f"{key}-metrics", description=f"metrics per round of {cfg.name}")
+    create_markdown_artifact(markdown_summary(cfg, records, skipped_rounds), key=f"{key}-summary",
+                             description=f"where the outputs of {cfg.name} are")
+    if progress_id is not None:
+        update_progress_artifact(artifact_id=progress_id, progress=100.0)
+    return records

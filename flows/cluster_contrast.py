@@ -14,15 +14,14 @@ from typing import Any, Literal
 
 import pandas as pd
 from prefect import flow
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 from reid_core.pipeline import cache, loop
 from tasks import (build_pseudo_labels, collect_metrics, evaluate, extract_features, index_images, plan_ise,
                    train_epoch, write_profile)
 
-from flows._common import DEFAULTS, artifact_key, build_config, markdown_summary, metrics_table
+from flows._common import DEFAULTS, artifact_key, build_config, publish_run_artifacts
 
 #: share of a round's progress bar given to training (the rest: extract, cluster, evaluate)
 TRAIN_SHARE = 0.8
@@ -113,13 +112,7 @@ def cluster_contrast(
         update_progress_artifact(artifact_id=progress_id, progress=100.0 * r / cfg.rounds)
 
     metrics_path = collect_metrics(cfg_dict)
-    metrics = pd.read_parquet(metrics_path)
-    profiles = [pd.read_parquet(loop.round_paths(cfg, r)["profile"]) for r in range(1, cfg.rounds + 1)]
-    records = metrics_table(metrics, profiles)
-    create_table_artifact(records, key=f"{key}-metrics", description=f"metrics per round of {cfg.name}")
-    create_markdown_artifact(markdown_summary(cfg, records, skipped), key=f"{key}-summary",
-                             description=f"where the outputs of {cfg.name} are")
-    update_progress_artifact(artifact_id=progress_id, progress=100.0)
+    records = publish_run_artifacts(cfg, metrics_path, skipped, progress_id)
     return {"run_dir": str(cfg.run_dir), "metrics_path": str(metrics_path), "metrics": records,
             "skipped_rounds": skipped}
 
@@ -158,6 +151,15 @@ def main(argv: list[str] | None = None) -> None:
                            rounds=a.rounds, cluster_method=a.cluster_method, eps=a.eps, use_ise=not a.no_ise,
                            p=a.p, k=a.k, iters=a.iters, seed=a.seed, runs_dir=a.runs_dir,
                            overrides=overrides or None, progress=a.progress)
+    metrics = pd.read_parquet(out["metrics_path"])
+    cols = [c for c in ("round", "mAP", "rank1", "mINP", "ari", "nmi", "n_clusters", "n_outliers") if c in metrics]
+    print("\nmetrics per round (fractions):")
+    print(metrics[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    run_dir = Path(out["run_dir"])
+    print(f"\noutputs in {run_dir}/ (Parquet, readable with pandas or DuckDB):")
+    for path in sorted(run_dir.rglob("*")):
+        if path.suffix in (".parquet", ".pt", ".json") and not path.name.endswith(".stage.json"):
+            print(f"  {path.relative_to(run_dir)}")
     print(json.dumps({k: out[k] for k in ("run_dir", "metrics_path", "skipped_rounds")}))
 
 

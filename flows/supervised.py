@@ -10,15 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 from reid_core.pipeline import loop
 from tasks import collect_metrics, evaluate, ground_truth_labels, index_images, train_epoch, write_profile
 
-from flows._common import DEFAULTS, artifact_key, build_config, markdown_summary, metrics_table
+from flows._common import DEFAULTS, artifact_key, build_config, publish_run_artifacts
 
 
 @flow(name="supervised", flow_run_name="{name}", persist_result=False)
@@ -67,12 +66,7 @@ def supervised(
         write_profile(cfg_dict, r)
         update_progress_artifact(artifact_id=progress_id, progress=100.0 * r / cfg.rounds)
     metrics_path = collect_metrics(cfg_dict)
-    metrics = pd.read_parquet(metrics_path)
-    profiles = [pd.read_parquet(loop.round_paths(cfg, r)["profile"]) for r in range(1, cfg.rounds + 1)]
-    records = metrics_table(metrics, profiles)
-    create_table_artifact(records, key=f"{key}-metrics", description=f"metrics per epoch of {cfg.name}")
-    create_markdown_artifact(markdown_summary(cfg, records, []), key=f"{key}-summary",
-                             description=f"where the outputs of {cfg.name} are")
+    records = publish_run_artifacts(cfg, metrics_path, [], progress_id)
     return {"run_dir": str(cfg.run_dir), "metrics_path": str(metrics_path), "metrics": records}
 
 

@@ -8,4 +8,4 @@ VENV="${REID_VENV:-.venv}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
-exec "$VENV/bin/python" -m flows.cluster_contrast "$@"
+exec "$VENV/bin/python" -m flows.cluster_contrast --progress "$@"
