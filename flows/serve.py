@@ -43,7 +43,7 @@ from typing import Any
 
 HOST = "127.0.0.1"  # never listen on other interfaces
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FLOW_NAMES = ("cluster-contrast", "evaluate")
+FLOW_NAMES = ("cluster-contrast", "evaluate", "supervised")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,6 +161,18 @@ def yaml_deployment_names(path: Path = REPO_ROOT / "prefect.yaml") -> set[str]:
     return {d.get("name") for d in spec.get("deployments", []) if d.get("name")}
 
 
+def market_parameters(path: Path = REPO_ROOT / "prefect.yaml") -> dict | None:
+    """Parameters of the ``market1501`` deployment in prefect.yaml (one source for both modes)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        spec = yaml.safe_load(fh) or {}
+    for d in spec.get("deployments", []):
+        if d.get("name") == "market1501":
+            return dict(d.get("parameters") or {})
+    return None
+
+
 def deployment_ready(api_url: str, flow_name: str, deployment: str) -> bool:
     quoted = f"/deployments/name/{urllib.parse.quote(flow_name)}/{urllib.parse.quote(deployment)}"
     status, _ = api_get(api_url, quoted)
@@ -176,12 +188,19 @@ def serve_deployments(deployment_name: str, limit: int | None) -> None:
 
     from flows.cluster_contrast import cluster_contrast
     from flows.evaluate import evaluate_checkpoint
+    from flows.supervised import supervised
 
     deployments = [
         f.to_deployment(name=deployment_name, entrypoint_type=EntrypointType.MODULE_PATH,
                         tags=["reid", "local"])
-        for f in (cluster_contrast, evaluate_checkpoint)
+        for f in (cluster_contrast, evaluate_checkpoint, supervised)
     ]
+    # the Market-1501 defaults (bench/accuracy.py) as a deployment of their own, as in prefect.yaml
+    market = market_parameters()
+    if market is not None:
+        deployments.append(cluster_contrast.to_deployment(
+            name="market1501", entrypoint_type=EntrypointType.MODULE_PATH, tags=["reid", "market1501"],
+            parameters=market))
     serve(*deployments, limit=limit, print_starting_message=True)
 
 

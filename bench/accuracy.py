@@ -1,0 +1,157 @@
+"""Accuracy at a fixed wall-clock budget on Market-1501 (issue: prove it on real data).
+
+For each method x seed it runs the plain loop (the same stages the Prefect flow runs) until the
+budget is spent, appending one Parquet row per finished round as it goes (a cut-off run keeps its
+rows), then draws mAP against wall-clock seconds and prints a markdown table.
+
+Methods:
+  imagenet     the ImageNet MobileNetV2 features, no training (round 0 only)
+  cc           Cluster-Contrast (pseudo-labels, cluster memory, no ISE)
+  cc_ise       Cluster-Contrast + ISE (interpolation + label-preserving loss)
+  supervised   same backbone and budget, ground-truth labels, ID + batch-hard triplet
+
+Example (the README's Results command):
+  python bench/accuracy.py --budget-minutes 20 --seeds 0 --out bench/results/accuracy.parquet
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from reid_core.io.atomic import append_parquet  # noqa: E402
+from reid_core.pipeline import RunConfig, run_pipeline  # noqa: E402
+
+METHODS = ("imagenet", "cc", "cc_ise", "supervised")
+DEFAULT_MARKET = REPO.parent / "shared" / "data" / "market1501"
+
+
+def market_config(method: str, seed: int, args: argparse.Namespace) -> RunConfig:
+    """The Market-1501 defaults (chosen from these measurements; see README 'Results')."""
+    base = dict(
+        name=f"{method}-s{seed}", runs_dir=str(args.runs_dir), dataset="market1501", data_root=str(args.data_root),
+        backbone=args.backbone, height=args.height, width=args.width, seed=seed, rounds=args.max_rounds,
+        iters=args.iters, p=args.p, k=args.k, eps=args.eps, bf16=args.bf16, num_workers=args.num_workers,
+        extract_batch_size=256,
+    )
+    if method == "imagenet":
+        base.update(rounds=0)
+    elif method == "cc":
+        base.update(use_ise=False)
+    elif method == "cc_ise":
+        base.update(use_ise=True)
+    elif method == "supervised":
+        base.update(mode="supervised", supervised_loss="id+triplet", use_ise=False)
+    else:
+        raise ValueError(f"--methods: unknown method {method!r} (choose from {METHODS})")
+    return RunConfig(**base)
+
+
+def run_method(method: str, seed: int, args: argparse.Namespace) -> None:
+    cfg = market_config(method, seed, args)
+    t0 = time.perf_counter()
+
+    def on_round(r: int, row: pd.DataFrame) -> None:
+        row = row.copy()
+        row["method"] = method
+        row["seed"] = seed
+        row["seconds"] = time.perf_counter() - t0 if r > 0 else 0.0
+        row["budget_seconds"] = args.budget_minutes * 60
+        row["config_json"] = cfg.to_json()
+        row["versions"] = json.dumps(versions())
+        append_parquet(row, args.out)
+        print(json.dumps({"method": method, "seed": seed, "round": r, "mAP": round(float(row["mAP"].iloc[0]), 4),
+                          "rank1": round(float(row["rank1"].iloc[0]), 4), "seconds": round(float(row["seconds"].iloc[0]), 1)}),
+              flush=True)
+
+    run_pipeline(cfg, progress=not args.quiet, budget_seconds=args.budget_minutes * 60, on_round=on_round)
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import sklearn
+    import torch
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "sklearn": sklearn.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__, "python": platform.python_version(),
+            "cpu_threads": str(torch.get_num_threads()), "machine": platform.machine()}
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Last round of each method x seed, then mean / std over seeds."""
+    last = df.sort_values("round").groupby(["method", "seed"], as_index=False).tail(1)
+    agg = last.groupby("method").agg(
+        seeds=("seed", "nunique"), rounds=("round", "mean"), mAP=("mAP", "mean"), mAP_std=("mAP", "std"),
+        rank1=("rank1", "mean"), mINP=("mINP", "mean"), ari=("ari", "mean") if "ari" in last else ("mAP", "size"),
+        n_clusters=("n_clusters", "mean") if "n_clusters" in last else ("mAP", "size"),
+        seconds=("seconds", "mean"))
+    order = [m for m in METHODS if m in agg.index]
+    return agg.loc[order].reset_index()
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    base = summary.set_index("method")
+    imagenet = base["mAP"].get("imagenet", np.nan)
+    sup = base["mAP"].get("supervised", np.nan)
+    lines = ["| method | seeds | rounds | mAP % | ± | rank-1 % | mINP % | pseudo ARI | clusters | seconds | x ImageNet | % of supervised |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in summary.iterrows():
+        std = "" if not np.isfinite(r["mAP_std"]) else f"{100 * r['mAP_std']:.1f}"
+        lines.append(
+            f"| {r['method']} | {r['seeds']} | {r['rounds']:.0f} | {100 * r['mAP']:.1f} | {std} | {100 * r['rank1']:.1f} | "
+            f"{100 * r['mINP']:.1f} | {r['ari']:.3f} | {r['n_clusters']:.0f} | {r['seconds']:.0f} | "
+            f"{r['mAP'] / imagenet:.2f} | {100 * r['mAP'] / sup:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    ap.add_argument("--budget-minutes", type=float, default=60.0, help="wall-clock budget per method and seed")
+    ap.add_argument("--data-root", type=Path, default=DEFAULT_MARKET)
+    ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "accuracy.parquet")
+    ap.add_argument("--backbone", default="mobilenet_v2")
+    ap.add_argument("--height", type=int, default=128)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--iters", type=int, default=50, help="iterations per round")
+    ap.add_argument("--p", type=int, default=16)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--eps", type=float, default=0.6)
+    ap.add_argument("--bf16", default="auto")
+    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--max-rounds", type=int, default=200)
+    ap.add_argument("--summary-only", action="store_true", help="only re-draw the plot and table from --out")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if not (args.data_root / "bounding_box_train").is_dir():
+        ap.error(f"--data-root {args.data_root}: no Market-1501 layout there")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.summary_only:
+        for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
+            for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+                run_method(method, seed, args)
+    df = pd.read_parquet(args.out)
+    from reid_core.evaluation.plots import plot_map_vs_time
+
+    png = args.out.with_suffix(".png")
+    plot_map_vs_time(df, png, x="seconds", y="mAP", hue="method")
+    summary = summarize(df)
+    print(markdown_table(summary))
+    print(f"\nrows: {args.out}\nplot: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
