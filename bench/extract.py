@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of each path, alternated (best is kept)")
-    ap.add_argument("--data-root", default="/work/shared/data/market1501")
+    ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "market1501"))
     args = ap.parse_args(argv)
 
     # Weights do not change the speed; random init avoids a download for resnet50.
