@@ -60,6 +60,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--budget-minutes", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="fixed number of rounds (epochs of --iters) instead of the wall-clock budget")
     ap.add_argument("--data-root", type=Path, default=DEFAULT_MARKET)
     ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench_supervised")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "supervised_table.parquet")
@@ -77,10 +79,11 @@ def main() -> int:
         spec = VARIANTS[variant]
         cfg = RunConfig(name=f"sup-{variant}-s{args.seed}", runs_dir=str(args.runs_dir), dataset="market1501",
                         data_root=str(args.data_root), mode="supervised", supervised_loss=spec, use_ise=False,
-                        rounds=200, iters=args.iters, p=args.p, k=args.k, height=args.height, width=args.width,
+                        rounds=args.rounds or 200, iters=args.iters, p=args.p, k=args.k, height=args.height, width=args.width,
                         seed=args.seed, extract_batch_size=256)
         t0 = time.perf_counter()
-        metrics = run_pipeline(cfg, progress=False, budget_seconds=args.budget_minutes * 60)
+        budget = None if args.rounds else args.budget_minutes * 60
+        metrics = run_pipeline(cfg, progress=False, budget_seconds=budget)
         train_seconds = time.perf_counter() - t0
         last = int(metrics["round"].max())
         base = {"variant": variant, "loss": spec, "rounds": last, "iterations": last * args.iters,
