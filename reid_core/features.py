@@ -38,7 +38,7 @@ try:  # deprecated since torchvision 0.29 in favour of TorchCodec; PIL does the 
 except ImportError:  # pragma: no cover - depends on the installed torchvision
     decode_jpeg = None
 
-from .device import autocast, pick_device, resolve_bf16
+from .device import autocast, loader_context, pick_device, resolve_bf16
 from .models.inference import inference_copy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -160,6 +160,7 @@ def _loader_batches(paths: Sequence[str], height: int, width: int, batch_size: i
     loader = torch.utils.data.DataLoader(
         _ImageFiles(paths, height, width), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
+        multiprocessing_context=loader_context(num_workers),
     )
     yield from loader
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from reid_core.data.dataset import TrainDataset
 from reid_core.data.samplers import PKSampler
 from reid_core.data.transforms import build_train_transform
-from reid_core.device import autocast, pick_device, resolve_bf16, set_seed
+from reid_core.device import autocast, loader_context, pick_device, resolve_bf16, set_seed
 from reid_core.losses.cluster_memory import MEMORY_MODES, ClusterMemory
 from reid_core.losses.ise_loss import ISELoss
 
@@ -188,7 +188,7 @@ def build_train_loader(paths: Sequence[str], labels, camids, cfg: TrainConfig, e
     gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
     return DataLoader(dataset, sampler=sampler, batch_size=sampler.batch_size, drop_last=False,
                       num_workers=int(cfg.num_workers), pin_memory=pin_memory, generator=gen,
-                      persistent_workers=False)
+                      persistent_workers=False, multiprocessing_context=loader_context(int(cfg.num_workers)))
 
 
 def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, memory: ClusterMemory,
