@@ -117,3 +117,25 @@ def publish_run_artifacts(cfg: RunConfig, metrics_path: str | Path, skipped_roun
     if progress_id is not None:
         update_progress_artifact(artifact_id=progress_id, progress=100.0)
     return records
+
+
+def begin_run(cfg: RunConfig, progress: bool, unit: str = "rounds") -> tuple[dict[str, Any], str, Path]:
+    """The start of every training flow: run folder + config.json, a progress artifact, the image
+    index and the round-0 evaluation. Returns ``(cfg_dict, progress_artifact_id, images_path)``."""
+    from prefect.artifacts import create_progress_artifact
+    from prefect.logging import get_run_logger
+
+    from reid_core.pipeline import loop
+    from tasks import evaluate, index_images
+
+    cfg_dict = cfg.to_dict()
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    loop.write_config(cfg)
+    get_run_logger().info("run folder: %s", cfg.run_dir)
+    progress_id = str(create_progress_artifact(progress=0.0, key=f"{artifact_key(cfg.name)}-progress",
+                                               description=f"{unit} done of {cfg.name}"))
+    images = index_images(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
+    p0 = loop.round_paths(cfg, 0)
+    p0["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    evaluate(images, None, cfg_dict, 0, p0["metrics"], progress=progress)
+    return cfg_dict, progress_id, images

@@ -14,14 +14,14 @@ from typing import Any, Literal
 
 import pandas as pd
 from prefect import flow
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import update_progress_artifact
 from prefect.logging import get_run_logger
 
 from reid_core.pipeline import cache, loop
-from tasks import (build_pseudo_labels, collect_metrics, evaluate, extract_features, index_images, plan_ise,
+from tasks import (build_pseudo_labels, collect_metrics, evaluate, extract_features, plan_ise,
                    train_epoch, write_profile)
 
-from flows._common import DEFAULTS, artifact_key, build_config, publish_run_artifacts
+from flows._common import DEFAULTS, begin_run, build_config, publish_run_artifacts
 
 #: share of a round's progress bar given to training (the rest: extract, cluster, evaluate)
 TRAIN_SHARE = 0.8
@@ -74,19 +74,7 @@ def cluster_contrast(
     if cfg.mode != "unsupervised":
         raise ValueError(f"overrides.mode={cfg.mode!r}: the cluster-contrast flow is unsupervised; "
                          "use the supervised flow for ground-truth training")
-    cfg_dict = cfg.to_dict()
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    loop.write_config(cfg)
-    logger.info("run folder: %s", cfg.run_dir)
-
-    key = artifact_key(cfg.name)
-    progress_id = str(create_progress_artifact(progress=0.0, key=f"{key}-progress",
-                                               description=f"rounds done of {cfg.name}"))
-
-    images = index_images(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
-    p0 = loop.round_paths(cfg, 0)
-    p0["metrics"].parent.mkdir(parents=True, exist_ok=True)
-    evaluate(images, None, cfg_dict, 0, p0["metrics"], progress=progress)
+    cfg_dict, progress_id, images = begin_run(cfg, progress, unit="rounds")
 
     checkpoint: Path | None = None
     skipped: list[int] = []

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.logging import get_run_logger
+from prefect.artifacts import update_progress_artifact
 
 from reid_core.pipeline import loop
-from tasks import collect_metrics, evaluate, ground_truth_labels, index_images, train_epoch, write_profile
+from tasks import collect_metrics, evaluate, ground_truth_labels, train_epoch, write_profile
 
-from flows._common import DEFAULTS, artifact_key, build_config, publish_run_artifacts
+from flows._common import DEFAULTS, begin_run, build_config, publish_run_artifacts
 
 
 @flow(name="supervised", flow_run_name="{name}", persist_result=False)
@@ -37,22 +36,11 @@ def supervised(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Supervised training on ground-truth identities for ``rounds`` epochs of ``iters`` iterations."""
-    logger = get_run_logger()
     named = dict(name=name, dataset=dataset, data_root=data_root, backbone=backbone, rounds=rounds,
                  supervised_loss=loss, p=p, k=k, iters=iters, seed=seed, runs_dir=runs_dir, mode="supervised",
                  use_ise=False)
     cfg = build_config(named, overrides)
-    cfg_dict = cfg.to_dict()
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    loop.write_config(cfg)
-    logger.info("run folder: %s", cfg.run_dir)
-    key = artifact_key(cfg.name)
-    progress_id = str(create_progress_artifact(progress=0.0, key=f"{key}-progress",
-                                               description=f"epochs done of {cfg.name}"))
-    images = index_images(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
-    p0 = loop.round_paths(cfg, 0)
-    p0["metrics"].parent.mkdir(parents=True, exist_ok=True)
-    evaluate(images, None, cfg_dict, 0, p0["metrics"], progress=progress)
+    cfg_dict, progress_id, images = begin_run(cfg, progress, unit="epochs")
     checkpoint: Path | None = None
     for r in range(1, cfg.rounds + 1):
         paths = loop.round_paths(cfg, r)
