@@ -114,7 +114,7 @@ def extract_features_stage(images_path: str | Path, checkpoint_path: str | Path 
     from ..features import extract_features
 
     out_path = Path(out_path)
-    params = {"stage": "extract", **cfg.model_params(), "flip": cfg.flip, "splits": list(splits),
+    params = {"stage": "extract", **cfg.model_params(), "flip": cfg.flip, "bf16": cfg.bf16, "splits": list(splits),
               "init_checkpoint": cfg.init_checkpoint, "round": round_idx}
     digest = cache.stage_digest([images_path, checkpoint_path, cfg.init_checkpoint if checkpoint_path is None else None], params)
     if cache.is_fresh([out_path], digest):
@@ -390,7 +390,8 @@ def evaluate_stage(images_path: str | Path, checkpoint_path: str | Path | None, 
     from ..features import extract_features
 
     out_path = Path(out_path)
-    params = {"stage": "evaluate", **cfg.model_params(), "flip": cfg.flip, "rerank": cfg.rerank, "round": round_idx,
+    params = {"stage": "evaluate", **cfg.model_params(), "flip": cfg.flip, "bf16": cfg.bf16, "rerank": cfg.rerank,
+              "round": round_idx,
               "init_checkpoint": cfg.init_checkpoint, "extra": extra or {}}
     digest = cache.stage_digest([images_path, checkpoint_path, pseudo_labels_path], params)
     if cache.is_fresh([out_path], digest):
