@@ -1,6 +1,6 @@
 """Run-time device selection, bf16 autocast and seeding.
 
-Nothing here calls ``.cuda()``: callers ask :func:`pick_device` and move tensors with ``.to(device)``.
+No code here moves anything to a fixed GPU: callers ask :func:`pick_device` and move tensors with ``.to(device)``.
 """
 from __future__ import annotations
 
