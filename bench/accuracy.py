@@ -52,6 +52,17 @@ def market_config(method: str, seed: int, args: argparse.Namespace) -> RunConfig
         base.update(mode="supervised", supervised_loss="id+triplet", use_ise=False)
     else:
         raise ValueError(f"--methods: unknown method {method!r} (choose from {METHODS})")
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected field=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if method == "imagenet" and key == "rounds":
+            continue
+        base[key.strip()] = value
     return RunConfig(**base)
 
 
@@ -114,7 +125,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
@@ -132,8 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16", default="auto")
     ap.add_argument("--num-workers", type=int, default=1)
     ap.add_argument("--max-rounds", type=int, default=200)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="any other RunConfig field, value parsed as JSON when it can be (repeatable), "
+                         "e.g. --set memory_mode=momentum --set lr=7e-4")
     ap.add_argument("--summary-only", action="store_true", help="only re-draw the plot and table from --out")
     ap.add_argument("--quiet", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if not (args.data_root / "bounding_box_train").is_dir():
         ap.error(f"--data-root {args.data_root}: no Market-1501 layout there")

@@ -1,0 +1,68 @@
+"""bench/accuracy.py: configuration overrides and the summary table (no training here)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "accuracy.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_accuracy", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse(bench, tmp_path, *extra):
+    return bench.build_parser().parse_args(["--data-root", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), *extra])
+
+
+def test_set_overrides_fields_with_json_values(bench, tmp_path):
+    ns = parse(bench, tmp_path, "--set", "memory_mode=momentum", "--set", "lr=7e-4", "--set", "extra_losses=[\"triplet\"]")
+    cfg = bench.market_config("cc_ise", 3, ns)
+    assert cfg.memory_mode == "momentum"
+    assert cfg.lr == pytest.approx(7e-4)
+    assert cfg.extra_losses == ["triplet"]
+    assert cfg.use_ise is True and cfg.seed == 3 and cfg.name == "cc_ise-s3"
+
+
+def test_set_rejects_malformed_and_unknown_fields(bench, tmp_path):
+    with pytest.raises(ValueError, match="field=value"):
+        bench.market_config("cc", 0, parse(bench, tmp_path, "--set", "memory_mode"))
+    with pytest.raises(TypeError):
+        bench.market_config("cc", 0, parse(bench, tmp_path, "--set", "no_such_field=1"))
+    with pytest.raises(ValueError, match="methods"):
+        bench.market_config("nope", 0, parse(bench, tmp_path))
+
+
+def test_imagenet_method_never_trains(bench, tmp_path):
+    cfg = bench.market_config("imagenet", 0, parse(bench, tmp_path, "--set", "rounds=5"))
+    assert cfg.rounds == 0
+
+
+def test_summary_takes_the_last_round_of_each_seed(bench):
+    rows = []
+    # method cc: seed 0 ends at round 2 with mAP 0.30, seed 1 at round 3 with 0.40; earlier rounds lower
+    for seed, final in ((0, 0.30), (1, 0.40)):
+        last = 2 + seed
+        for r in range(last + 1):
+            m = final if r == last else 0.05 * r
+            rows.append(dict(method="cc", seed=seed, round=r, mAP=m, rank1=m + 0.1, mINP=m / 2, ari=0.1 * r,
+                             n_clusters=100 + r, seconds=60.0 * r))
+    rows.append(dict(method="imagenet", seed=0, round=0, mAP=0.1, rank1=0.2, mINP=0.02, ari=np.nan,
+                     n_clusters=np.nan, seconds=0.0))
+    summary = bench.summarize(pd.DataFrame(rows)).set_index("method")
+    assert list(summary.index) == ["imagenet", "cc"]
+    assert summary.loc["cc", "mAP"] == pytest.approx(0.35)
+    assert summary.loc["cc", "mAP_std"] == pytest.approx(np.std([0.30, 0.40], ddof=1))
+    assert summary.loc["cc", "rounds"] == pytest.approx(2.5)
+    assert summary.loc["cc", "seconds"] == pytest.approx((120 + 180) / 2)
+    table = bench.markdown_table(summary.reset_index())
+    cc_line = next(line for line in table.splitlines() if line.startswith("| cc "))
+    assert "| 35.0 |" in cc_line and "| 3.50 |" in cc_line
