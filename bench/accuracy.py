@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from reid_core.evaluation.plots import plot_map_vs_time
 
     png = args.out.with_suffix(".png")
-    plot_map_vs_time(df, png, x="seconds", y="mAP", hue="method")
+    plot_map_vs_time(df, png, x="seconds", y="mAP", hue="method", units="seed")
     summary = summarize(df)
     print(markdown_table(summary))
     print(f"\nrows: {args.out}\nplot: {png}")

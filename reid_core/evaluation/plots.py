@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from reid_core.io import atomic_path
 
-__all__ = ["plot_cmc", "plot_metrics_over_rounds", "plot_eps_sweep", "plot_map_vs_time"]
+__all__ = ["plot_cmc", "plot_metrics_over_rounds", "plot_eps_sweep", "plot_map_vs_time", "draw_map_vs_time"]
 
 
 def _new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] | None = None):
@@ -145,21 +145,39 @@ def plot_eps_sweep(sweep_df: pd.DataFrame, path: str | os.PathLike, x: str = "ep
 
 
 def plot_map_vs_time(
-    df: pd.DataFrame, path: str | os.PathLike, x: str = "seconds", y: str = "mAP", hue: str | None = "method"
+    df: pd.DataFrame, path: str | os.PathLike, x: str = "seconds", y: str = "mAP", hue: str | None = "method",
+    units: str | None = None,
 ) -> Path:
-    """Scatter/line of ``y`` (e.g. mAP, fractions shown in %) against ``x`` (e.g. wall-clock seconds),
-    one series per ``hue`` value (ignored when the column is absent)."""
+    """Line plot of ``y`` (e.g. mAP, fractions shown in %) against ``x`` (e.g. wall-clock seconds),
+    one colour per ``hue`` value (ignored when the column is absent).
+
+    ``units`` (e.g. ``"seed"``) draws one line per unit inside each hue group, in the hue's colour and
+    labelled once, so repeated runs are never joined into one zig-zag line.
+    """
     _require(df, [x, y], "df")
     fig, axes = _new_figure(size=(5.5, 4.0))
-    ax = axes[0, 0]
+    draw_map_vs_time(axes[0, 0], df, x=x, y=y, hue=hue, units=units)
+    return _save(fig, path)
+
+
+def draw_map_vs_time(ax: Any, df: pd.DataFrame, x: str = "seconds", y: str = "mAP", hue: str | None = "method",
+                     units: str | None = None) -> list:
+    """Draw :func:`plot_map_vs_time` onto ``ax``; returns the drawn lines."""
+    _require(df, [x, y], "df")
     vals = df[y].to_numpy(dtype=np.float64)
     scale = 100.0 if y in ("mAP", "mINP", "rank1", "rank5", "rank10") and np.nanmax(np.abs(vals), initial=0) <= 1.0 else 1.0
-    for label, sub in _groups(df, hue):
-        sub = sub.sort_values(x)
-        ax.plot(sub[x].to_numpy(dtype=np.float64), scale * sub[y].to_numpy(dtype=np.float64), marker="o", label=label)
+    lines = []
+    for i, (label, sub) in enumerate(_groups(df, hue)):
+        runs = [(None, sub)] if not units or units not in sub.columns else list(sub.groupby(units, sort=True))
+        for j, (_, run) in enumerate(runs):
+            run = run.sort_values(x)
+            (line,) = ax.plot(run[x].to_numpy(dtype=np.float64), scale * run[y].to_numpy(dtype=np.float64),
+                              marker="o", markersize=3 if len(runs) > 1 else 6, color=f"C{i % 10}", alpha=0.85,
+                              label=label if j == 0 else None)
+            lines.append(line)
     ax.set_xlabel(x)
     ax.set_ylabel(f"{y} (%)" if scale == 100.0 else y)
     ax.grid(alpha=0.3)
     if hue and hue in df.columns:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return lines

@@ -58,6 +58,25 @@ def test_plot_map_vs_time(tmp_path):
         plot_map_vs_time(df.drop(columns=["seconds"]), tmp_path / "bad.png")
 
 
+def test_map_vs_time_draws_one_line_per_seed_in_the_method_colour():
+    from matplotlib.figure import Figure
+
+    from reid_core.evaluation.plots import draw_map_vs_time
+
+    df = pd.DataFrame(dict(method=["a"] * 4 + ["b"] * 2, seed=[0, 0, 1, 1, 0, 0],
+                           seconds=[10, 20, 12, 22, 5, 9], mAP=[0.2, 0.3, 0.25, 0.35, 0.1, 0.15]))
+    lines = draw_map_vs_time(Figure().add_subplot(), df, units="seed")
+    assert len(lines) == 3
+    a0, a1, b0 = lines
+    assert a0.get_color() == a1.get_color() != b0.get_color()
+    assert [ln.get_label() for ln in lines][0] == "a" and lines[2].get_label() == "b"
+    assert lines[1].get_label().startswith("_")  # second seed of "a" has no legend entry
+    np.testing.assert_allclose(a1.get_xdata(), [12, 22])
+    np.testing.assert_allclose(a1.get_ydata(), [25, 35])  # fractions drawn in %
+    # without units the two seeds of "a" become one line sorted by time
+    assert len(draw_map_vs_time(Figure().add_subplot(), df)) == 2
+
+
 def test_failed_plot_keeps_existing_file(tmp_path):
     target = tmp_path / "cmc.png"
     target.write_bytes(b"old")
