@@ -38,7 +38,7 @@ def market_config(method: str, seed: int, args: argparse.Namespace) -> RunConfig
     """The Market-1501 defaults (chosen from these measurements; see README 'Results')."""
     base = dict(
         name=f"{method}-s{seed}", runs_dir=str(args.runs_dir), dataset="market1501", data_root=str(args.data_root),
-        backbone=args.backbone, height=args.height, width=args.width, seed=seed, rounds=args.max_rounds,
+        backbone=args.backbone, height=args.height, width=args.width, seed=seed, rounds=planned_rounds(args),
         iters=args.iters, p=args.p, k=args.k, eps=args.eps, bf16=args.bf16, num_workers=args.num_workers,
         extract_batch_size=256,
     )
@@ -64,6 +64,15 @@ def market_config(method: str, seed: int, args: argparse.Namespace) -> RunConfig
             continue
         base[key.strip()] = value
     return RunConfig(**base)
+
+
+def planned_rounds(args: argparse.Namespace) -> int:
+    """The run's planned length in rounds (``RunConfig.rounds``): the ISE lambda schedule and the LR
+    steps span it, so it must match what the budget allows. Default: one round per budget minute (a
+    50-iteration round at 128x64 takes ~60 s here). The budget still stops a run that is slower."""
+    if args.rounds is not None:
+        return args.rounds
+    return max(1, int(round(args.budget_minutes)))
 
 
 def run_method(method: str, seed: int, args: argparse.Namespace) -> None:
@@ -142,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eps", type=float, default=0.6)
     ap.add_argument("--bf16", default="auto")
     ap.add_argument("--num-workers", type=int, default=1)
-    ap.add_argument("--max-rounds", type=int, default=200)
+    ap.add_argument("--rounds", "--max-rounds", dest="rounds", type=int, default=None,
+                    help="planned rounds per run; the ISE lambda schedule reaches its end value at the last one, "
+                         "so a horizon far beyond the budget leaves ISE's support samples on top of the real "
+                         "ones (default: one round per budget minute)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="any other RunConfig field, value parsed as JSON when it can be (repeatable), "
                          "e.g. --set memory_mode=momentum --set lr=7e-4")

@@ -136,6 +136,9 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, budget_seconds: float | 
         elapsed = t_round - start
         if budget_seconds is not None and r > 1 and elapsed + slowest > budget_seconds:
             log.info("budget of %.0f s reached after %d rounds (%.0f s elapsed)", budget_seconds, r - 1, elapsed)
+            if cfg.use_ise and r - 1 < 0.8 * cfg.rounds:
+                log.warning("the budget stopped the run at round %d of the %d planned: ISE's lambda schedule spans "
+                            "the planned rounds, so it never reached its end value; plan fewer rounds", r - 1, cfg.rounds)
             break
         ckpt = run_round(cfg, images, r, ckpt, progress=progress)
         slowest = max(slowest, time.perf_counter() - t_round)

@@ -46,6 +46,13 @@ def test_imagenet_method_never_trains(bench, tmp_path):
     assert cfg.rounds == 0
 
 
+def test_planned_rounds_follow_the_budget(bench, tmp_path):
+    # the ISE schedule spans cfg.rounds: it must be the run's planned length, not a far-away cap
+    assert bench.market_config("cc_ise", 0, parse(bench, tmp_path, "--budget-minutes", "10")).rounds == 10
+    assert bench.market_config("cc_ise", 0, parse(bench, tmp_path, "--budget-minutes", "0.2")).rounds == 1
+    assert bench.market_config("cc", 0, parse(bench, tmp_path, "--budget-minutes", "10", "--rounds", "7")).rounds == 7
+
+
 def test_summary_takes_the_last_round_of_each_seed(bench):
     rows = []
     # method cc: seed 0 ends at round 2 with mAP 0.30, seed 1 at round 3 with 0.40; earlier rounds lower
