@@ -10,8 +10,12 @@ Methods:
   cc_ise       Cluster-Contrast + ISE (interpolation + label-preserving loss)
   supervised   same backbone and budget, ground-truth labels, ID + batch-hard triplet
 
-Example (the README's Results command):
-  python bench/accuracy.py --budget-minutes 20 --seeds 0 --out bench/results/accuracy.parquet
+The README's Results command (about 100 minutes of the 2 cores; run nothing else meanwhile, the
+budget is wall clock):
+  python bench/accuracy.py --methods imagenet,cc,cc_ise,supervised --budget-minutes 10 --seeds 0,1,2 \
+      --out docs/results/accuracy.parquet
+Ablations go through --set (any RunConfig field), e.g. --set ise_lp=false, and --rounds fixes the
+planned length (the ISE lambda schedule spans it).
 """
 from __future__ import annotations
 
