@@ -58,6 +58,7 @@ def market_config(method: str, seed: int, args: argparse.Namespace) -> RunConfig
         raise ValueError(f"--methods: unknown method {method!r} (choose from {METHODS})")
     for item in args.set:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep:
             raise ValueError(f"--set {item!r}: expected field=value")
         try:
@@ -66,7 +67,7 @@ def market_config(method: str, seed: int, args: argparse.Namespace) -> RunConfig
             value = raw
         if method == "imagenet" and key == "rounds":
             continue
-        base[key.strip()] = value
+        base[key] = value
     return RunConfig(**base)
 
 
