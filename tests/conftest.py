@@ -21,3 +21,15 @@ def market_root() -> Path:
     if not (root / "bounding_box_train").is_dir():
         pytest.skip(f"Market-1501 copy not found at {root} (set REID_MARKET_ROOT)")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster (no OpenMP spin-waiting on a busy machine).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
