@@ -31,6 +31,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from reid_core.device import cpu_model  # noqa: E402
 from reid_core.io.atomic import append_parquet  # noqa: E402
 from reid_core.pipeline import RunConfig, run_pipeline  # noqa: E402
 
@@ -91,6 +92,9 @@ def run_method(method: str, seed: int, args: argparse.Namespace) -> None:
         row["seconds"] = time.perf_counter() - t0 if r > 0 else 0.0
         row["budget_seconds"] = args.budget_minutes * 60
         row["config_json"] = cfg.to_json()
+        row["cpu_model"] = cpu_model()
+        row["iterations"] = r * cfg.iters
+        row["images_seen"] = r * cfg.iters * cfg.p * cfg.k
         row["versions"] = json.dumps(versions())
         append_parquet(row, args.out)
         print(json.dumps({"method": method, "seed": seed, "round": r, "mAP": round(float(row["mAP"].iloc[0]), 4),

@@ -40,6 +40,21 @@ def cpu_supports_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; what ``lscpu`` prints as "Model name"), plus ``AMX``
+    when it has AMX tiles: results of one wall-clock budget differ between CPU kinds, so every
+    result row records it. ``"unknown"`` where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                "unknown")
+    return f"{name} (AMX)" if "amx_bf16" in text else name
+
+
 def resolve_bf16(bf16: bool | str | None, device: torch.device) -> bool:
     """Resolve a ``bf16`` option ("auto", True, False) for ``device``."""
     if bf16 in (None, "auto"):

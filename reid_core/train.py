@@ -60,7 +60,11 @@ class TrainConfig:
     ISE: ``use_ise`` (True = full ISE; False = plain Cluster-Contrast), ``ise_lambda0`` 1.0,
     ``ise_k`` 1, ablation switches ``ise_interp`` / ``ise_lp``, ``lp_weight`` 0.1 (Market; use 0.01 for
     MSMT17-scale data), ``lp_temp`` 0.6, ``ise_update_with_support`` (memory also updated with the
-    support samples, as the reference code does).
+    support samples, as the reference code does), ``ise_horizon`` (``T`` of the lambda schedule in
+    iterations; 0 = ``epochs * iters``; lambda stays at its end value past ``T``), ``ise_start`` (global
+    iteration before which ISE is off and training is plain Cluster-Contrast: a warm-up gate),
+    ``lp_positive`` (``"hardest"`` same-label support sample, the paper's, or ``"own"``: the sample's
+    own support samples; see :func:`reid_core.losses.ise_loss.label_preserving_loss`).
     Run time: ``bf16`` ("auto" = on where the device supports it), ``device`` ("auto"),
     ``channels_last`` ("auto" = with bf16), ``seed``, ``num_workers`` (DataLoader worker processes; 1 by
     default: on the 2-core CPU it hides the JPEG decoding + augmentation, ~0.4-0.7 s per 256-image
@@ -94,6 +98,9 @@ class TrainConfig:
     lp_weight: float = 0.1
     lp_temp: float = 0.6
     ise_update_with_support: bool = True
+    ise_horizon: int = 0
+    ise_start: int = 0
+    lp_positive: str = "hardest"
     num_workers: int = 1
     use_camids: bool = True
 
@@ -109,6 +116,14 @@ class TrainConfig:
         if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.gamma <= 1:
             raise ValueError(f"TrainConfig: need lr > 0, weight_decay >= 0, 0 < gamma <= 1 "
                              f"(got {self.lr}, {self.weight_decay}, {self.gamma})")
+        if int(self.ise_horizon) != self.ise_horizon or self.ise_horizon < 0 or int(self.ise_start) != self.ise_start \
+                or self.ise_start < 0:
+            raise ValueError(f"TrainConfig: ise_horizon and ise_start must be integers >= 0 "
+                             f"(got {self.ise_horizon!r}, {self.ise_start!r})")
+        from reid_core.losses.ise_loss import LP_POSITIVES
+
+        if self.lp_positive not in LP_POSITIVES:
+            raise ValueError(f"TrainConfig.lp_positive must be one of {LP_POSITIVES}, got {self.lp_positive!r}")
         if not 0 <= self.momentum <= 1 or not self.temp > 0:
             raise ValueError(f"TrainConfig: need 0 <= momentum <= 1 and temp > 0 (got {self.momentum}, {self.temp})")
 
@@ -156,7 +171,12 @@ def build_ise(memory: ClusterMemory, cfg: TrainConfig) -> ISELoss:
     on = bool(cfg.use_ise)
     return ISELoss(memory, lambda0=cfg.ise_lambda0, k=cfg.ise_k, use_interp=on and cfg.ise_interp,
                    use_lp=on and cfg.ise_lp, lp_weight=cfg.lp_weight, lp_temp=cfg.lp_temp,
-                   update_with_support=cfg.ise_update_with_support)
+                   update_with_support=cfg.ise_update_with_support, lp_positive=cfg.lp_positive)
+
+
+def ise_horizon(cfg: TrainConfig, total_epochs: int) -> int:
+    """``T`` of ISE's lambda schedule in iterations: ``cfg.ise_horizon``, or ``total_epochs * iters``."""
+    return int(cfg.ise_horizon) if cfg.ise_horizon else int(total_epochs) * int(cfg.iters)
 
 
 def _resolve_channels_last(option, bf16: bool) -> bool:
@@ -206,7 +226,8 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
         cfg: :class:`TrainConfig`.
         optimizer: from :func:`build_optimizer`; the scheduler is stepped by the caller per epoch.
         epoch, total_epochs: 0-based epoch and the number of epochs; the ISE schedule uses
-            ``t = epoch * iters + i`` out of ``T = total_epochs * iters``.
+            ``t = epoch * iters + i`` out of ``T = total_epochs * iters`` (or ``cfg.ise_horizon``
+            when set; ``t`` is capped at ``T``), and ISE is off while ``t < cfg.ise_start``.
         ise: criterion (an :class:`ISELoss` on ``memory``); ``None`` = :func:`build_ise` from ``cfg``.
         progress: tqdm progress bar.
         extra_loss: optional module ``extra_loss(out, labels) -> (loss, stats)`` on the model's
@@ -247,7 +268,7 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
         extra_loss.train()
     loader = build_train_loader(paths, labels, camids, cfg, epoch, pin_memory=device.type == "cuda")
 
-    T = int(total_epochs) * cfg.iters
+    T = ise_horizon(cfg, total_epochs)
     rows = []
     bar = tqdm(total=cfg.iters, desc=f"train epoch {epoch}", disable=not progress, leave=False)
     t_prev = time.perf_counter()
@@ -265,7 +286,7 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
                 else:
                     out = model(imgs, return_dict=True)
                     feats = out["bn_feat"]  # what model(imgs) returns in train mode
-            loss, stats = criterion(feats.float(), labs, t, T)
+            loss, stats = criterion(feats.float(), labs, min(t, T), T, active=t >= int(cfg.ise_start))
             extra_stats: dict[str, float] = {}
             if extra_loss is not None:
                 extra_value, extra_stats = extra_loss(out, labs)
@@ -303,4 +324,4 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
 
 
 __all__ = ["LOG_COLUMNS", "TrainConfig", "build_ise", "build_memory", "build_optimizer", "build_scheduler",
-           "build_train_loader", "train_epoch"]
+           "build_train_loader", "ise_horizon", "train_epoch"]

@@ -45,10 +45,21 @@ from reid_core.cluster.ise import lambda_schedule, nearest_clusters, support_sam
 from reid_core.losses.cluster_memory import ClusterMemory
 
 
+LP_POSITIVES = ("hardest", "own")
+
+
 def label_preserving_loss(real: torch.Tensor, support: torch.Tensor, labels: torch.Tensor,
-                          support_labels: torch.Tensor, temp: float = 0.6) -> torch.Tensor:
+                          support_labels: torch.Tensor, temp: float = 0.6, positive: str = "hardest") -> torch.Tensor:
     """Label-preserving loss (formula in the module docstring). ``real`` ``(B, D)`` and ``support``
-    ``(S, D)`` are normalised here; every label of ``real`` must appear in ``support_labels``."""
+    ``(S, D)`` are normalised here; every label of ``real`` must appear in ``support_labels``.
+
+    ``positive``: ``"hardest"`` (the paper's choice: the least similar support sample of the same
+    label) or ``"own"``: the mean similarity to the support samples generated from this very real
+    sample (rows ``i * k .. i * k + k - 1`` of ``support``, so ``S`` must be a multiple of ``B``). On an
+    impure cluster the hardest same-label support sample usually comes from another person; the
+    sample's own support samples always come from itself."""
+    if positive not in LP_POSITIVES:
+        raise ValueError(f"positive must be one of {LP_POSITIVES}, got {positive!r}")
     if real.dim() != 2 or support.dim() != 2 or real.shape[1] != support.shape[1]:
         raise ValueError(f"real / support: expected (B, D) and (S, D), got {tuple(real.shape)} and "
                          f"{tuple(support.shape)}")
@@ -64,7 +75,16 @@ def label_preserving_loss(real: torch.Tensor, support: torch.Tensor, labels: tor
     same = labels.unsqueeze(1) == support_labels.unsqueeze(0)
     if not bool(same.any(dim=1).all()):
         raise ValueError("support_labels: some real samples have no support sample of their label")
-    pos = torch.where(same, sim, torch.full_like(sim, float("inf"))).amin(dim=1)    # (B,)
+    if positive == "own":
+        if support.shape[0] % real.shape[0]:
+            raise ValueError(f"positive='own': support rows ({support.shape[0]}) must be k x the real rows "
+                             f"({real.shape[0]})")
+        k = support.shape[0] // real.shape[0]
+        rows = torch.arange(real.shape[0], device=real.device)
+        own_sim = sim.reshape(real.shape[0], real.shape[0], k)[rows, rows]              # (B, k)
+        pos = own_sim.mean(dim=1)
+    else:
+        pos = torch.where(same, sim, torch.full_like(sim, float("inf"))).amin(dim=1)    # (B,)
     groups, group_of = torch.unique(support_labels, return_inverse=True)           # G labels
     neg = torch.full((sim.shape[0], groups.numel()), float("-inf"), dtype=sim.dtype, device=sim.device)
     neg = neg.scatter_reduce(1, group_of.unsqueeze(0).expand_as(sim), sim, reduce="amax", include_self=True)
@@ -94,8 +114,10 @@ class ISELoss(nn.Module):
 
     def __init__(self, memory: ClusterMemory, lambda0: float = 1.0, k: int = 1, use_interp: bool = True,
                  use_lp: bool = True, lp_weight: float = 0.1, lp_temp: float = 0.6,
-                 update_with_support: bool = True):
+                 update_with_support: bool = True, lp_positive: str = "hardest"):
         super().__init__()
+        if lp_positive not in LP_POSITIVES:
+            raise ValueError(f"lp_positive must be one of {LP_POSITIVES}, got {lp_positive!r}")
         if not isinstance(memory, ClusterMemory):
             raise ValueError(f"memory: expected a ClusterMemory, got {type(memory).__name__}")
         if int(k) < 1:
@@ -111,6 +133,7 @@ class ISELoss(nn.Module):
         self.lp_weight = float(lp_weight)
         self.lp_temp = float(lp_temp)
         self.update_with_support = bool(update_with_support)
+        self.lp_positive = lp_positive
 
     @property
     def generates_support(self) -> bool:
@@ -118,16 +141,20 @@ class ISELoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"lambda0={self.lambda0}, k={self.k}, use_interp={self.use_interp}, use_lp={self.use_lp}, "
-                f"lp_weight={self.lp_weight}, lp_temp={self.lp_temp}")
+                f"lp_weight={self.lp_weight}, lp_temp={self.lp_temp}, lp_positive={self.lp_positive!r}, "
+                f"update_with_support={self.update_with_support}")
 
-    def forward(self, feats: torch.Tensor, labels, t: float, T: float, update: bool = True):
+    def forward(self, feats: torch.Tensor, labels, t: float, T: float, update: bool = True,
+                active: bool = True):
+        """Loss of one batch at global iteration ``t`` of ``T``. ``active=False`` (ISE's warm-up gate)
+        computes the plain cluster-memory loss and update, as if ISE were off."""
         mem = self.memory
         labels = torch.as_tensor(labels, device=feats.device).long()
         nan = float("nan")
         stats = {"loss_memory": nan, "loss_lp": nan, "lambda": nan, "mean_cos_support": nan}
         with torch.autocast(device_type=feats.device.type, enabled=False):
             x = feats.to(mem.features.dtype)
-            if not self.generates_support:
+            if not (self.generates_support and active):
                 loss = mem(x, labels)
                 stats["loss_memory"] = float(loss.detach())
                 if update:
@@ -148,7 +175,7 @@ class ISELoss(nn.Module):
                 loss_mem = mem(x, labels)
             loss = loss_mem
             if self.use_lp:
-                loss_lp = label_preserving_loss(f_hat, sup, labels, sup_labels, self.lp_temp)
+                loss_lp = label_preserving_loss(f_hat, sup, labels, sup_labels, self.lp_temp, self.lp_positive)
                 loss = loss + self.lp_weight * loss_lp
                 stats["loss_lp"] = float(loss_lp.detach())
             with torch.no_grad():
@@ -163,4 +190,4 @@ class ISELoss(nn.Module):
         return loss, stats
 
 
-__all__ = ["ISELoss", "label_preserving_loss"]
+__all__ = ["ISELoss", "LP_POSITIVES", "label_preserving_loss"]

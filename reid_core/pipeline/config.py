@@ -46,6 +46,10 @@ class RunConfig:
     ise_k: int = 1
     lp_weight: float = 0.1
     lp_temp: float = 0.6
+    lp_positive: str = "hardest"  # "hardest" same-label support sample (paper) or "own" support samples
+    ise_update_with_support: bool = True  # hard/momentum memory update also sees the support samples
+    ise_horizon: int = 0  # T of the lambda schedule in iterations; 0 = planned rounds x iters
+    ise_start: int = 0  # global iteration from which ISE is on (plain Cluster-Contrast before)
     # training
     p: int = 16
     k: int = 16
@@ -53,15 +57,18 @@ class RunConfig:
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     step_size: int = 20
+    gamma: float = 0.1
     memory_mode: str = "hard"
     momentum: float = 0.1
     temp: float = 0.05
     extra_losses: list[str] = field(default_factory=list)
     supervised_loss: str = "id+triplet"
     num_workers: int = 1
+    use_camids: bool = True  # P x K sampler prefers other cameras of a cluster (when camera ids exist)
     # runtime
     seed: int = 0
     bf16: Any = "auto"
+    channels_last: Any = "auto"
     device: str = "auto"
     extract_batch_size: int = 128
     flip: bool = False
@@ -113,9 +120,17 @@ class RunConfig:
         return {k: getattr(self, k) for k in ("cluster_method", "eps", "min_samples", "k1", "k2", "knn")}
 
     def ise_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("use_ise", "ise_interp", "ise_lp", "ise_lambda0", "ise_k", "lp_weight", "lp_temp")}
+        return {k: getattr(self, k) for k in ("use_ise", "ise_interp", "ise_lp", "ise_lambda0", "ise_k", "lp_weight",
+                                              "lp_temp", "lp_positive", "ise_update_with_support", "ise_horizon",
+                                              "ise_start")}
 
     def train_params(self) -> dict[str, Any]:
-        keys = ("mode", "p", "k", "iters", "lr", "weight_decay", "step_size", "memory_mode", "momentum", "temp",
-                "extra_losses", "supervised_loss", "seed", "rounds", "height", "width", "backbone", "bf16", "device")
-        return {**{k: getattr(self, k) for k in keys}, **self.ise_params()}
+        """Cache-key parameters of the training stage: every field that reaches
+        :class:`reid_core.train.TrainConfig` (see :func:`reid_core.pipeline.stages.train_config`) plus
+        the run-level ones that change what training computes."""
+        from .stages import TRAIN_CONFIG_DERIVED, train_config_fields
+
+        # num_workers only changes how batches are prepared (workers are seeded), not what is computed
+        keys = [k for k in train_config_fields() if k not in TRAIN_CONFIG_DERIVED and k != "num_workers"]
+        keys += ["mode", "extra_losses", "supervised_loss", "seed", "rounds", "backbone"]
+        return {k: getattr(self, k) for k in sorted(set(keys))}

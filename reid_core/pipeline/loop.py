@@ -64,12 +64,15 @@ def run_provenance(cfg: RunConfig) -> dict[str, Any]:
     import sklearn
     import torch
 
+    from ..device import cpu_model
+
     return {
         "config_json": cfg.to_json(),
         "torch_version": torch.__version__,
         "sklearn_version": sklearn.__version__,
         "python_version": platform.python_version(),
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "cpu_model": cpu_model(),
         "batch_per_device": cfg.p * cfg.k,
     }
 

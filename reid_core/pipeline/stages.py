@@ -214,10 +214,14 @@ def ise_lambda_range(cfg: RunConfig, round_idx: int) -> tuple[float, float, int,
     """(lambda at the round's first iteration, at its last, t0, T) for the global schedule."""
     from ..cluster.ise import lambda_schedule
 
-    total = cfg.rounds * cfg.iters
+    total = int(cfg.ise_horizon) if cfg.ise_horizon else max(cfg.rounds, 1) * cfg.iters
     t0 = (round_idx - 1) * cfg.iters
     t1 = round_idx * cfg.iters - 1
-    return lambda_schedule(t0, total, cfg.ise_lambda0), lambda_schedule(t1, total, cfg.ise_lambda0), t0, total
+
+    def lam(t: int) -> float:
+        return 0.0 if t < cfg.ise_start else lambda_schedule(min(t, total), total, cfg.ise_lambda0)
+
+    return lam(t0), lam(t1), t0, total
 
 
 def plan_ise(features_path: str | Path, pseudo_labels_path: str | Path, cfg: RunConfig, round_idx: int,
@@ -250,17 +254,31 @@ def plan_ise(features_path: str | Path, pseudo_labels_path: str | Path, cfg: Run
 # ----------------------------------------------------------------------------------------------
 # train
 
-def train_config(cfg: RunConfig, round_idx: int):
-    """The :class:`reid_core.train.TrainConfig` of round ``round_idx`` (one round = one epoch)."""
+# TrainConfig fields that a run derives instead of copying from a RunConfig field of the same name
+TRAIN_CONFIG_DERIVED = {"epochs": "planned rounds (one round = one epoch)", "seed": "round_seed(seed, round)"}
+
+
+def train_config_fields() -> list[str]:
+    import dataclasses
+
     from ..train import TrainConfig
 
-    return TrainConfig(height=cfg.height, width=cfg.width, p=cfg.p, k=cfg.k, iters=cfg.iters,
-                       epochs=max(cfg.rounds, 1), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       step_size=cfg.step_size, bf16=cfg.bf16, device=cfg.device, seed=round_seed(cfg, round_idx),
-                       temp=cfg.temp, momentum=cfg.momentum, memory_mode=cfg.memory_mode,
-                       use_ise=cfg.use_ise, ise_lambda0=cfg.ise_lambda0, ise_k=cfg.ise_k, ise_interp=cfg.ise_interp,
-                       ise_lp=cfg.ise_lp, lp_weight=cfg.lp_weight, lp_temp=cfg.lp_temp,
-                       num_workers=cfg.num_workers)
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def train_config(cfg: RunConfig, round_idx: int):
+    """The :class:`reid_core.train.TrainConfig` of round ``round_idx`` (one round = one epoch).
+
+    Every TrainConfig field comes from the RunConfig field of the same name, except the ones in
+    ``TRAIN_CONFIG_DERIVED``: RunConfig is the one place where a run's training defaults live, and
+    ``--set`` / flow ``overrides`` / deployments reach every training knob."""
+    from ..train import TrainConfig
+
+    missing = [f for f in train_config_fields() if f not in TRAIN_CONFIG_DERIVED and not hasattr(cfg, f)]
+    if missing:  # a TrainConfig field was added without its RunConfig twin
+        raise TypeError(f"RunConfig has no field for TrainConfig.{missing}")
+    values = {f: getattr(cfg, f) for f in train_config_fields() if f not in TRAIN_CONFIG_DERIVED}
+    return TrainConfig(epochs=max(cfg.rounds, 1), seed=round_seed(cfg, round_idx), **values)
 
 
 def _model_for_training(checkpoint_in, cfg: RunConfig, device, num_classes: int):
