@@ -42,7 +42,7 @@ DEFAULT_MARKET = REPO.parent / "shared" / "data" / "market1501"
 def market_config(method: str, seed: int, args: argparse.Namespace) -> RunConfig:
     """The Market-1501 defaults (chosen from these measurements; see README 'Results')."""
     base = dict(
-        name=f"{method}-s{seed}", runs_dir=str(args.runs_dir), dataset="market1501", data_root=str(args.data_root),
+        name=f"{method}{'-' + args.tag if args.tag else ''}-s{seed}", runs_dir=str(args.runs_dir), dataset="market1501", data_root=str(args.data_root),
         backbone=args.backbone, height=args.height, width=args.width, seed=seed, rounds=planned_rounds(args),
         iters=args.iters, p=args.p, k=args.k, eps=args.eps, bf16=args.bf16, num_workers=args.num_workers,
         extract_batch_size=256,
@@ -87,7 +87,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace) -> None:
 
     def on_round(r: int, row: pd.DataFrame) -> None:
         row = row.copy()
-        row["method"] = method
+        row["method"] = f"{method}:{args.tag}" if args.tag else method
         row["seed"] = seed
         row["seconds"] = time.perf_counter() - t0 if r > 0 else 0.0
         row["budget_seconds"] = args.budget_minutes * 60
@@ -97,7 +97,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace) -> None:
         row["images_seen"] = r * cfg.iters * cfg.p * cfg.k
         row["versions"] = json.dumps(versions())
         append_parquet(row, args.out)
-        print(json.dumps({"method": method, "seed": seed, "round": r, "mAP": round(float(row["mAP"].iloc[0]), 4),
+        print(json.dumps({"method": row["method"].iloc[0], "seed": seed, "round": r, "mAP": round(float(row["mAP"].iloc[0]), 4),
                           "rank1": round(float(row["rank1"].iloc[0]), 4), "seconds": round(float(row["seconds"].iloc[0]), 1)}),
               flush=True)
 
@@ -124,7 +124,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         rank1=("rank1", "mean"), mINP=("mINP", "mean"), ari=("ari", "mean") if "ari" in last else ("mAP", "size"),
         n_clusters=("n_clusters", "mean") if "n_clusters" in last else ("mAP", "size"),
         seconds=("seconds", "mean"))
-    order = [m for m in METHODS if m in agg.index]
+    order = [m for m in METHODS if m in agg.index] + sorted(m for m in agg.index if m not in METHODS)
     return agg.loc[order].reset_index()
 
 
@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="any other RunConfig field, value parsed as JSON when it can be (repeatable), "
                          "e.g. --set memory_mode=momentum --set lr=7e-4")
+    ap.add_argument("--tag", default="",
+                    help="name of a variant (e.g. an ablation's --set values): its rows get method 'METHOD:TAG' "
+                         "and its run folder 'METHOD-TAG-sSEED', so variants never share a run folder")
     ap.add_argument("--summary-only", action="store_true", help="only re-draw the plot and table from --out")
     ap.add_argument("--quiet", action="store_true")
     return ap

@@ -85,7 +85,8 @@ def cluster_contrast(
         span = (base, base + 100.0 * TRAIN_SHARE / cfg.rounds)
 
         feats = extract_features(images, checkpoint, cfg_dict, r, paths["features"], progress=progress)
-        labels = build_pseudo_labels(feats, cfg_dict, r, paths["pseudo_labels"], progress=progress)
+        labels = build_pseudo_labels(feats, cfg_dict, r, paths["pseudo_labels"], progress=progress, images_path=images,
+                                     previous_labels_path=loop.round_paths(cfg, r - 1)["pseudo_labels"])
         if cache.read_meta(labels).get("n_clusters", 0) < 2:
             logger.warning("round %d: clustering found fewer than 2 clusters (all outliers); training is skipped "
                            "this round (checkpoint carried over). Try a larger eps.", r)

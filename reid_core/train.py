@@ -36,6 +36,7 @@ from reid_core.data.dataset import TrainDataset
 from reid_core.data.samplers import PKSampler
 from reid_core.data.transforms import build_train_transform
 from reid_core.device import autocast, loader_context, pick_device, resolve_bf16, set_seed
+from reid_core.losses.camera_proxy import CameraProxyMemory
 from reid_core.losses.cluster_memory import MEMORY_MODES, ClusterMemory
 from reid_core.losses.ise_loss import ISELoss
 
@@ -103,6 +104,16 @@ class TrainConfig:
     lp_positive: str = "hardest"
     num_workers: int = 1
     use_camids: bool = True
+    cam_intra_weight: float = 0.0
+    cam_inter_weight: float = 0.0
+    cam_temp: float = 0.07
+    cam_momentum: float = 0.2
+    cam_hard_negatives: int = 50
+
+    @property
+    def camera_proxies(self) -> bool:
+        """True when the camera-aware proxy losses are on (either weight > 0)."""
+        return self.cam_intra_weight > 0 or self.cam_inter_weight > 0
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "p", "k", "iters", "epochs", "step_size", "ise_k"):
@@ -124,6 +135,11 @@ class TrainConfig:
 
         if self.lp_positive not in LP_POSITIVES:
             raise ValueError(f"TrainConfig.lp_positive must be one of {LP_POSITIVES}, got {self.lp_positive!r}")
+        if self.cam_intra_weight < 0 or self.cam_inter_weight < 0 or not self.cam_temp > 0 \
+                or not 0 <= self.cam_momentum <= 1 or int(self.cam_hard_negatives) < 1:
+            raise ValueError("TrainConfig: camera proxies need weights >= 0, cam_temp > 0, 0 <= cam_momentum <= 1 "
+                             f"and cam_hard_negatives >= 1 (got {self.cam_intra_weight}, {self.cam_inter_weight}, "
+                             f"{self.cam_temp}, {self.cam_momentum}, {self.cam_hard_negatives})")
         if not 0 <= self.momentum <= 1 or not self.temp > 0:
             raise ValueError(f"TrainConfig: need 0 <= momentum <= 1 and temp > 0 (got {self.momentum}, {self.temp})")
 
@@ -163,6 +179,23 @@ def build_memory(features, labels, cfg: TrainConfig, device=None) -> ClusterMemo
     mem = ClusterMemory(feats.shape[1], n_clusters, temp=cfg.temp, momentum=cfg.momentum, mode=cfg.memory_mode)
     mem = mem.to(pick_device(device if device is not None else cfg.device))
     return mem.init_centroids(feats, labels)
+
+
+def build_camera_memory(features, labels, camids, cfg: TrainConfig, device=None) -> CameraProxyMemory | None:
+    """The round's :class:`CameraProxyMemory` when ``cfg.camera_proxies`` is on and every
+    clustered sample has a known camera id; ``None`` otherwise (plain Cluster-Contrast: a set
+    without camera ids falls back to today's training)."""
+    if not cfg.camera_proxies or camids is None:
+        return None
+    labels = np.asarray(labels)
+    cams = np.asarray(camids)
+    if (cams[labels >= 0] < 0).any():
+        return None
+    mem = CameraProxyMemory(np.asarray(features).shape[1], temp=cfg.cam_temp, momentum=cfg.cam_momentum,
+                            hard_negatives=cfg.cam_hard_negatives, intra_weight=cfg.cam_intra_weight,
+                            inter_weight=cfg.cam_inter_weight)
+    mem = mem.to(pick_device(device if device is not None else cfg.device))
+    return mem.init_proxies(np.asarray(features, dtype=np.float32), labels, cams)
 
 
 def build_ise(memory: ClusterMemory, cfg: TrainConfig) -> ISELoss:
@@ -214,7 +247,8 @@ def build_train_loader(paths: Sequence[str], labels, camids, cfg: TrainConfig, e
 def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, memory: ClusterMemory,
                 cfg: TrainConfig, optimizer: torch.optim.Optimizer, epoch: int, total_epochs: int,
                 ise: ISELoss | None = None, progress: bool = True, extra_loss: torch.nn.Module | None = None,
-                on_progress: Callable[[float], None] | None = None) -> pd.DataFrame:
+                on_progress: Callable[[float], None] | None = None,
+                camera_memory: CameraProxyMemory | None = None) -> pd.DataFrame:
     """Train ``model`` for ``cfg.iters`` iterations on pseudo-labelled images.
 
     Args:
@@ -235,6 +269,10 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
             on pseudo-labels); its loss is added to the total and each ``stats`` key becomes a column.
             Its parameters must be in ``optimizer`` if it has any.
         on_progress: called with the finished fraction of the epoch after every iteration.
+        camera_memory: optional :class:`CameraProxyMemory` of this round (from
+            :func:`build_camera_memory` with the same ``labels`` / ``camids``); its intra- and
+            inter-camera losses are added and it is updated every iteration (columns
+            ``loss_cam_intra``, ``loss_cam_inter``).
 
     Returns one row per iteration with columns ``LOG_COLUMNS``: ``epoch``, ``iteration`` (0-based in
     the epoch), ``global_iteration`` (``t``), ``loss`` (total), ``loss_memory``, ``loss_lp`` (nan when
@@ -267,13 +305,19 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
         extra_loss.to(device)
         extra_loss.train()
     loader = build_train_loader(paths, labels, camids, cfg, epoch, pin_memory=device.type == "cuda")
+    cam_all = None
+    if camera_memory is not None:
+        if camids is None:
+            raise ValueError("camera_memory needs camids")
+        cam_all = torch.as_tensor(np.asarray(camids, dtype=np.int64))
+        camera_memory.to(device)
 
     T = ise_horizon(cfg, total_epochs)
     rows = []
     bar = tqdm(total=cfg.iters, desc=f"train epoch {epoch}", disable=not progress, leave=False)
     t_prev = time.perf_counter()
     try:
-        for i, (imgs, labs, _) in enumerate(loader):
+        for i, (imgs, labs, idx) in enumerate(loader):
             t_data = time.perf_counter()
             imgs = imgs.to(device, non_blocking=True)
             if channels_last:
@@ -288,8 +332,15 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
                     feats = out["bn_feat"]  # what model(imgs) returns in train mode
             loss, stats = criterion(feats.float(), labs, min(t, T), T, active=t >= int(cfg.ise_start))
             extra_stats: dict[str, float] = {}
+            if camera_memory is not None:
+                cams = cam_all[torch.as_tensor(idx)].to(device)
+                cam_loss, cam_stats = camera_memory(feats.float(), labs, cams)
+                camera_memory.update(feats.detach().float(), labs, cams)
+                loss = loss + cam_loss
+                extra_stats.update(cam_stats)
             if extra_loss is not None:
-                extra_value, extra_stats = extra_loss(out, labs)
+                extra_value, more_stats = extra_loss(out, labs)
+                extra_stats.update(more_stats)
                 loss = loss + extra_value
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"train_epoch: loss is {loss.item()} at epoch {epoch}, iteration {i} "
@@ -324,4 +375,4 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
 
 
 __all__ = ["LOG_COLUMNS", "TrainConfig", "build_ise", "build_memory", "build_optimizer", "build_scheduler",
-           "build_train_loader", "ise_horizon", "train_epoch"]
+           "build_camera_memory", "build_train_loader", "ise_horizon", "train_epoch"]

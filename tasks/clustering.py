@@ -20,14 +20,19 @@ def build_pseudo_labels(
     round_idx: int,
     out_path: str | Path,
     progress: bool = False,
+    images_path: str | Path | None = None,
+    previous_labels_path: str | Path | None = None,
 ) -> Path:
     """Pseudo labels (-1 = outlier) -> ``pseudo_labels.parquet``; cluster counts go to its sidecar.
+    ``images_path`` gives the camera ids when ``camera_norm`` is on; ``previous_labels_path`` (last
+    round's labels) lets the stage warn when the clustering collapses between rounds.
 
     A round where every sample is an outlier is not an error: the stage warns
     (``AllOutliersWarning``, re-logged here) and the training stage then skips the round.
     """
     out = call_stage(stages.build_pseudo_labels, Path(features_path), as_config(cfg), round_idx, Path(out_path),
-                     progress=progress)
+                     progress=progress, images_path=Path(images_path) if images_path is not None else None,
+                     previous_labels_path=Path(previous_labels_path) if previous_labels_path is not None else None)
     logger().info("round %d pseudo labels: %s", round_idx, out)
     return out
 

@@ -154,3 +154,29 @@ def test_extra_loss_and_progress_callback(images):
     assert list(log.columns) == LOG_COLUMNS + ["loss_dummy"]
     assert (log["loss_dummy"] > 0).all()
     np.testing.assert_allclose(log["loss"], log["loss_memory"] + log["loss_dummy"], rtol=1e-5)
+
+
+def test_camera_proxies_add_their_losses(images):
+    """Camera-aware proxies on: their two losses are logged, added to the total, and the proxies move."""
+    from reid_core.train import build_camera_memory
+
+    paths, labels, camids = images
+    cfg = _cfg(use_ise=False, cam_intra_weight=1.0, cam_inter_weight=0.5)
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", pretrained=False)
+    feats = torch.nn.functional.normalize(torch.randn(len(paths), model.feat_dim,
+                                                      generator=torch.Generator().manual_seed(1)), dim=1).numpy()
+    memory = build_memory(feats, labels, cfg)
+    cam_mem = build_camera_memory(feats, labels, camids, cfg)
+    assert cam_mem is not None and cam_mem.num_proxies == len({(l, c) for l, c in zip(labels, camids) if l >= 0})
+    before = cam_mem.features.clone()
+    log = train_epoch(model, paths, labels, camids, memory, cfg, build_optimizer(model, cfg), 0, cfg.epochs,
+                      progress=False, camera_memory=cam_mem)
+    assert {"loss_cam_intra", "loss_cam_inter"} <= set(log.columns)
+    np.testing.assert_allclose(log["loss"], log["loss_memory"] + log["loss_cam_intra"] + 0.5 * log["loss_cam_inter"],
+                               rtol=1e-5)
+    assert not torch.equal(cam_mem.features, before)
+    # no camera ids (or an unknown one among the clustered samples): plain training
+    assert build_camera_memory(feats, labels, None, cfg) is None
+    assert build_camera_memory(feats, labels, np.full(len(labels), -1), cfg) is None
+    assert build_camera_memory(feats, labels, camids, _cfg()) is None  # weights 0: off

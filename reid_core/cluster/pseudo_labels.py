@@ -33,7 +33,8 @@ import scipy.sparse as sp
 
 from .jaccard import sparse_distance_to_dense
 
-__all__ = ["cluster_features", "cluster_stats", "eps_sweep", "relabel_contiguous", "CLUSTER_METHODS"]
+__all__ = ["DegenerateClusteringWarning", "clustering_health", "cluster_features", "cluster_stats", "eps_from_density", "eps_sweep", "relabel_contiguous",
+           "split_large_clusters", "CLUSTER_METHODS"]
 
 CLUSTER_METHODS = ("dbscan", "hdbscan")
 
@@ -124,6 +125,97 @@ def cluster_features(
     return labels
 
 
+def eps_from_density(dist: Any, rho: float, eps_max: float = 0.9, eps_min: float = 0.05) -> float:
+    """A label-free DBSCAN ``eps`` for this distance matrix: the mean of its ``rho`` fraction of
+    smallest off-diagonal pairwise distances (``m = rho * N (N - 1) / 2`` pairs), clipped to
+    ``[eps_min, eps_max]``.
+
+    The eps then follows the features: tight early-round features (many small distances) get a
+    smaller eps than the same ``rho`` would give on diffuse ones, and a set with few images per
+    person gets a smaller eps than one with many. For a sparse ``dist`` (missing = 1) only stored
+    entries are candidates; when fewer than ``m`` pairs are stored, the missing ones count as 1.
+    """
+    if not 0 < float(rho) < 1:
+        raise ValueError(f"rho must lie in (0, 1), got {rho!r}")
+    if not 0 < eps_min <= eps_max:
+        raise ValueError(f"need 0 < eps_min <= eps_max, got {eps_min}, {eps_max}")
+    d = _check_dist(dist)
+    n = d.shape[0]
+    m = max(1, int(round(float(rho) * n * (n - 1) / 2)))
+    if sp.issparse(d):
+        coo = sp.triu(d, k=1, format="coo")
+        vals = np.asarray(coo.data, dtype=np.float64)
+    else:
+        iu = np.triu_indices(n, k=1)
+        vals = np.asarray(d, dtype=np.float64)[iu]
+    if len(vals) >= m:
+        smallest = np.partition(vals, m - 1)[:m]
+        eps = float(smallest.mean())
+    else:
+        eps = float((vals.sum() + (m - len(vals)) * 1.0) / m)
+    return float(np.clip(eps, eps_min, eps_max))
+
+
+def split_large_clusters(dist: Any, labels: Any, max_size: int, eps: float, min_samples: int = 4,
+                         shrink: float = 0.9, min_eps: float = 0.05, reassign: bool = True) -> np.ndarray:
+    """Split every cluster larger than ``max_size`` by DBSCAN on its own rows of ``dist`` with a
+    smaller eps (``eps * shrink``, then ``* shrink`` again for any part still too large, down to
+    ``min_eps``). Samples that the tighter DBSCAN leaves alone join the part of their nearest
+    clustered member when that distance is within the eps the cluster was made with
+    (``reassign=True``), else become outliers (``-1``): splitting should not cost training images.
+    The labels come back renumbered ``0..C-1`` (:func:`relabel_contiguous`).
+
+    Label-free: reads only distances. DBSCAN's chaining (a path of close pairs through a crowd)
+    is what makes the 300-500-image clusters of early rounds; a tighter eps inside the cluster
+    cuts the weakest links of that path.
+    """
+    from sklearn.cluster import DBSCAN
+    from sklearn.neighbors import sort_graph_by_row_values
+
+    if int(max_size) < 2:
+        raise ValueError(f"max_size must be >= 2, got {max_size}")
+    if not 0 < float(shrink) < 1:
+        raise ValueError(f"shrink must lie in (0, 1), got {shrink}")
+    d = _check_dist(dist)
+    if sp.issparse(d):
+        d = sp.csr_matrix(d)
+    lab = np.asarray(labels).astype(np.int64).copy()
+    if lab.shape != (d.shape[0],):
+        raise ValueError(f"labels: expected shape ({d.shape[0]},), got {lab.shape}")
+    next_id = int(lab.max()) + 1 if (lab >= 0).any() else 0
+    # (member indices, eps used to make them) of the clusters still to check
+    todo = [(np.flatnonzero(lab == c), float(eps)) for c in np.unique(lab[lab >= 0])]
+    while todo:
+        members, used_eps = todo.pop()
+        if len(members) <= max_size:
+            continue
+        new_eps = used_eps * float(shrink)
+        if new_eps < min_eps:
+            continue  # cannot split further: keep it
+        sub = d[members][:, members]
+        if sp.issparse(sub):
+            sub = sort_graph_by_row_values(sp.csr_matrix(sub), copy=True, warn_when_not_sorted=False)
+        part = DBSCAN(eps=new_eps, min_samples=int(min_samples), metric="precomputed").fit_predict(sub)
+        if reassign and (part >= 0).any() and (part < 0).any():
+            dense = sub.toarray() if sp.issparse(sub) else np.asarray(sub, dtype=np.float64)
+            if sp.issparse(sub):  # missing entries of a sparse distance mean 1; stored zeros stay 0
+                dense[dense == 0] = 1.0
+                stored = sp.coo_matrix(sub)
+                dense[stored.row, stored.col] = stored.data
+            left = np.flatnonzero(part < 0)
+            kept = np.flatnonzero(part >= 0)
+            nearest = kept[np.argmin(dense[np.ix_(left, kept)], axis=1)]
+            close = dense[left, nearest] <= used_eps
+            part[left[close]] = part[nearest[close]]
+        lab[members] = -1
+        for p in np.unique(part[part >= 0]):
+            idx = members[part == p]
+            lab[idx] = next_id
+            next_id += 1
+            todo.append((idx, new_eps))
+    return relabel_contiguous(lab)
+
+
 def cluster_stats(labels: Any) -> dict[str, Any]:
     """Summary of a labelling: ``n_samples``, ``n_clusters``, ``n_outliers``, ``outlier_fraction``,
     ``largest_cluster``, ``mean_cluster_size``, ``n_singletons`` (clusters of one sample)."""
@@ -145,6 +237,56 @@ def cluster_stats(labels: Any) -> dict[str, Any]:
         "mean_cluster_size": float(sizes.mean()) if len(sizes) else 0.0,
         "n_singletons": int((sizes == 1).sum()),
     }
+
+
+class DegenerateClusteringWarning(UserWarning):
+    """The pseudo-labels look degenerate by label-free statistics (see :func:`clustering_health`)."""
+
+
+# thresholds of clustering_health (label-free; documented in README "Defaults, and why")
+HEALTH_MAX_LARGEST_SHARE = 0.2  # one cluster holds more than this share of the clustered images
+HEALTH_MAX_OUTLIER_FRACTION = 0.9  # almost nothing is clustered
+HEALTH_MIN_CLUSTER_RATIO = 0.7  # clusters fell below this fraction of the previous round's count
+
+
+def clustering_health(labels: Any, previous: Any = None) -> dict[str, Any]:
+    """Label-free statistics of a clustering and the warnings they raise.
+
+    Returns ``largest_share`` (largest cluster / clustered images), ``clusters_per_image``,
+    ``outlier_fraction``, ``cluster_ratio`` (clusters / the previous round's clusters, nan without
+    ``previous``) and ``warnings`` (a list of sentences; empty when the labels look healthy):
+
+    * one cluster holds more than ``HEALTH_MAX_LARGEST_SHARE`` of the clustered images (chaining:
+      DBSCAN linked many people through a crowd; try camera_norm, split_factor or a smaller eps);
+    * more than ``HEALTH_MAX_OUTLIER_FRACTION`` of the images are outliers (eps too small);
+    * the number of clusters fell below ``HEALTH_MIN_CLUSTER_RATIO`` x the previous round's while the
+      largest cluster grew (clusters merging into fewer, larger ones round after round: a collapse).
+
+    Ground truth is never read.
+    """
+    lab = np.asarray(labels).astype(np.int64)
+    st = cluster_stats(lab)
+    clustered = st["n_samples"] - st["n_outliers"]
+    largest_share = st["largest_cluster"] / clustered if clustered else 0.0
+    out = {"largest_share": float(largest_share),
+           "clusters_per_image": float(st["n_clusters"] / st["n_samples"]) if st["n_samples"] else 0.0,
+           "outlier_fraction": st["outlier_fraction"], "cluster_ratio": float("nan"), "warnings": []}
+    if st["n_clusters"] >= 2 and largest_share > HEALTH_MAX_LARGEST_SHARE:
+        out["warnings"].append(f"one cluster holds {100 * largest_share:.0f}% of the {clustered} clustered images "
+                               f"({st['largest_cluster']}): clusters are chaining across people")
+    if st["n_samples"] and st["outlier_fraction"] > HEALTH_MAX_OUTLIER_FRACTION:
+        out["warnings"].append(f"{100 * st['outlier_fraction']:.0f}% of the images are outliers: eps is too small "
+                               "for these features")
+    if previous is not None:
+        prev = cluster_stats(np.asarray(previous).astype(np.int64))
+        if prev["n_clusters"]:
+            ratio = st["n_clusters"] / prev["n_clusters"]
+            out["cluster_ratio"] = float(ratio)
+            if ratio < HEALTH_MIN_CLUSTER_RATIO and st["largest_cluster"] > prev["largest_cluster"]:
+                out["warnings"].append(f"clusters fell from {prev['n_clusters']} to {st['n_clusters']} in one round "
+                                       f"while the largest grew from {prev['largest_cluster']} to "
+                                       f"{st['largest_cluster']}: the clustering is collapsing")
+    return out
 
 
 def _quality(labels: np.ndarray, gt: np.ndarray) -> dict[str, float]:

@@ -38,6 +38,10 @@ class RunConfig:
     k1: int = 30
     k2: int = 6
     knn: str = "exact"
+    camera_norm: bool = False  # remove each camera's mean feature before the k-NN (needs camera ids)
+    split_factor: float = 0.0  # re-cluster clusters above split_factor x median size with a tighter eps; 0 = off
+    eps_rho: float = 0.0  # eps = mean of the rho fraction of smallest Jaccard distances, each round; 0 = fixed eps
+    k1_per_cluster: float = 0.0  # k1 = this x median cluster size of a first pass (10..k1); 0 = fixed k1
     # ISE
     use_ise: bool = True
     ise_interp: bool = True
@@ -65,6 +69,13 @@ class RunConfig:
     supervised_loss: str = "id+triplet"
     num_workers: int = 1
     use_camids: bool = True  # P x K sampler prefers other cameras of a cluster (when camera ids exist)
+    # camera-aware proxies (reid_core.losses.camera_proxy); off while both weights are 0, and on a
+    # set without camera ids
+    cam_intra_weight: float = 0.0
+    cam_inter_weight: float = 0.0
+    cam_temp: float = 0.07
+    cam_momentum: float = 0.2
+    cam_hard_negatives: int = 50
     # runtime
     seed: int = 0
     bf16: Any = "auto"
@@ -87,6 +98,12 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name}: expected a positive integer, got {value!r}")
         if not 0 < self.eps < 1:
             raise ValueError(f"RunConfig.eps: Jaccard eps must lie in (0, 1), got {self.eps!r}")
+        if self.split_factor and self.split_factor < 1:
+            raise ValueError(f"RunConfig.split_factor: 0 (off) or >= 1 (x the median cluster size), got {self.split_factor!r}")
+        if not 0 <= self.eps_rho < 0.1:
+            raise ValueError(f"RunConfig.eps_rho: 0 (fixed eps) or a small fraction of pairs such as 1.6e-3, got {self.eps_rho!r}")
+        if self.k1_per_cluster < 0:
+            raise ValueError(f"RunConfig.k1_per_cluster: 0 (fixed k1) or > 0, got {self.k1_per_cluster!r}")
 
     @property
     def run_dir(self) -> Path:
@@ -117,7 +134,8 @@ class RunConfig:
         return {"backbone": self.backbone, "pretrained": self.pretrained, "height": self.height, "width": self.width}
 
     def cluster_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("cluster_method", "eps", "min_samples", "k1", "k2", "knn")}
+        return {k: getattr(self, k) for k in ("cluster_method", "eps", "min_samples", "k1", "k2", "knn", "camera_norm",
+                                              "split_factor", "eps_rho", "k1_per_cluster")}
 
     def ise_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("use_ise", "ise_interp", "ise_lp", "ise_lambda0", "ise_k", "lp_weight",

@@ -100,7 +100,9 @@ def run_round(cfg: RunConfig, images: Path, round_idx: int, prev_checkpoint: Pat
     else:
         features = stages.extract_features_stage(images, prev_checkpoint, cfg, round_idx, p["features"],
                                                  progress=progress)
-        stages.build_pseudo_labels(p["features"], cfg, round_idx, p["pseudo_labels"], progress=progress)
+        stages.build_pseudo_labels(p["features"], cfg, round_idx, p["pseudo_labels"], progress=progress,
+                                   images_path=images,
+                                   previous_labels_path=round_paths(cfg, round_idx - 1)["pseudo_labels"])
         if cfg.use_ise:
             stages.plan_ise(p["features"], p["pseudo_labels"], cfg, round_idx, p["ise_plan"])
     ckpt, _ = stages.train_epoch_stage(images, p["pseudo_labels"], features, prev_checkpoint, cfg, round_idx,

@@ -135,34 +135,109 @@ def extract_features_stage(images_path: str | Path, checkpoint_path: str | Path 
 # ----------------------------------------------------------------------------------------------
 # cluster
 
-def build_pseudo_labels(features_path: str | Path, cfg: RunConfig, round_idx: int, out_path: str | Path,
-                        progress: bool = True) -> Path:
-    """k-reciprocal Jaccard distance + DBSCAN/HDBSCAN -> ``pseudo_labels.parquet`` (-1 = outlier)."""
+def compute_pseudo_labels(feats: np.ndarray, camids: np.ndarray | None, cfg: RunConfig,
+                          progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Pseudo-labels of one round from features (+ camera ids), with every clustering lever of
+    ``cfg``; returns ``(labels, info)`` where ``info`` holds the eps / k1 used and the timings.
+
+    Levers (all label-free; each off by default):
+    ``camera_norm`` removes each camera's mean feature first (:mod:`reid_core.cluster.camera`);
+    ``k1_per_cluster`` sets k1 from a first clustering pass (``k1_per_cluster`` x its median
+    cluster size, clipped to 10..``k1``); ``eps_rho`` sets eps from the distance distribution
+    (:func:`~reid_core.cluster.pseudo_labels.eps_from_density`, at most ``EPS_RHO_MAX``; ``cfg.eps``
+    is then unused); ``split_factor`` re-clusters clusters above ``split_factor`` x the median
+    cluster size with a tighter eps (:func:`~reid_core.cluster.pseudo_labels.split_large_clusters`).
+    """
+    from ..cluster.camera import camera_normalize, has_camera_ids
     from ..cluster.jaccard import compute_jaccard_distance
-    from ..cluster.pseudo_labels import cluster_features, cluster_stats
+    from ..cluster.pseudo_labels import cluster_features, eps_from_density, split_large_clusters
+
+    info: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    x = feats
+    info["camera_norm_applied"] = bool(cfg.camera_norm and has_camera_ids(camids))
+    if info["camera_norm_applied"]:
+        x = camera_normalize(feats, camids)
+    eps = float(cfg.eps)
+    # DBSCAN only looks at pairs within eps: storing the rest would cost memory for nothing
+    cutoff = max(eps, EPS_RHO_MAX if cfg.eps_rho else 0.0) if cfg.cluster_method == "dbscan" else None
+    k1 = int(cfg.k1)
+    dist = compute_jaccard_distance(x, k1=k1, k2=cfg.k2, knn=cfg.knn, max_distance=cutoff, progress=progress)
+    if cfg.eps_rho:
+        eps = eps_from_density(dist, cfg.eps_rho, eps_max=EPS_RHO_MAX)
+    labels = cluster_features(dist, method=cfg.cluster_method, eps=eps, min_samples=cfg.min_samples,
+                              min_cluster_size=cfg.min_samples)
+    if cfg.k1_per_cluster and (labels >= 0).any():
+        median = float(np.median(np.bincount(labels[labels >= 0])))
+        new_k1 = int(np.clip(round(cfg.k1_per_cluster * median), min(10, k1), k1))
+        if new_k1 != k1:
+            k1 = new_k1
+            dist = compute_jaccard_distance(x, k1=k1, k2=min(cfg.k2, k1), knn=cfg.knn, max_distance=cutoff,
+                                            progress=progress)
+            if cfg.eps_rho:
+                eps = eps_from_density(dist, cfg.eps_rho, eps_max=EPS_RHO_MAX)
+            labels = cluster_features(dist, method=cfg.cluster_method, eps=eps, min_samples=cfg.min_samples,
+                                      min_cluster_size=cfg.min_samples)
+    info["jaccard_seconds"] = time.perf_counter() - t0
+    if cfg.split_factor and (labels >= 0).any():
+        sizes = np.bincount(labels[labels >= 0])
+        max_size = max(int(np.ceil(cfg.split_factor * np.median(sizes))), 2 * cfg.min_samples)
+        info["split_max_size"] = max_size
+        info["n_split"] = int((sizes > max_size).sum())
+        if info["n_split"]:
+            labels = split_large_clusters(dist, labels, max_size, eps=eps, min_samples=cfg.min_samples)
+    info["eps_used"] = eps
+    info["k1_used"] = k1
+    return np.asarray(labels, dtype=np.int64), info
+
+
+# the largest eps the density rule may choose (and the Jaccard cut-off it then needs)
+EPS_RHO_MAX = 0.8
+
+
+def build_pseudo_labels(features_path: str | Path, cfg: RunConfig, round_idx: int, out_path: str | Path,
+                        progress: bool = True, images_path: str | Path | None = None,
+                        previous_labels_path: str | Path | None = None) -> Path:
+    """k-reciprocal Jaccard distance + DBSCAN/HDBSCAN -> ``pseudo_labels.parquet`` (-1 = outlier).
+
+    ``images_path`` gives the camera ids for ``cfg.camera_norm`` (the only column read besides
+    ``image_id``; identities are never read here). The labels' health (largest cluster's share,
+    outliers, change against ``previous_labels_path``) goes to the sidecar, and a
+    :class:`~reid_core.cluster.pseudo_labels.DegenerateClusteringWarning` is raised when it looks
+    degenerate (:func:`~reid_core.cluster.pseudo_labels.clustering_health`)."""
+    from ..cluster.pseudo_labels import DegenerateClusteringWarning, cluster_stats, clustering_health
 
     out_path = Path(out_path)
     params = {"stage": "cluster", **cfg.cluster_params(), "round": round_idx}
-    digest = cache.stage_digest([features_path], params)
+    digest = cache.stage_digest([features_path, images_path if cfg.camera_norm else None], params)
     if cache.is_fresh([out_path], digest):
         return out_path
     ids, feats = read_features(features_path)
+    camids = None
+    if cfg.camera_norm:
+        if images_path is None:
+            raise ValueError("build_pseudo_labels: camera_norm needs images_path (for the camera ids)")
+        images = read_parquet(images_path, required=("image_id", "camid"))
+        camids = images.set_index("image_id").loc[ids, "camid"].to_numpy()
     with profile_stage() as prof:
-        t0 = time.perf_counter()
-        # DBSCAN only looks at pairs within eps: storing the rest would cost memory for nothing
-        cutoff = cfg.eps if cfg.cluster_method == "dbscan" else None
-        dist = compute_jaccard_distance(feats, k1=cfg.k1, k2=cfg.k2, knn=cfg.knn, max_distance=cutoff)
-        t_jaccard = time.perf_counter() - t0
-        labels = cluster_features(dist, method=cfg.cluster_method, eps=cfg.eps, min_samples=cfg.min_samples,
-                                  min_cluster_size=cfg.min_samples)
+        labels, info = compute_pseudo_labels(feats, camids, cfg, progress=False)
         stats = cluster_stats(labels)
-        df = pd.DataFrame({"image_id": ids, "label": np.asarray(labels, dtype=np.int64),
+        df = pd.DataFrame({"image_id": ids, "label": labels,
                            "round": np.full(len(ids), round_idx, dtype=np.int64)})
         write_parquet(df, out_path)
+    previous = None
+    if previous_labels_path is not None and Path(previous_labels_path).exists():
+        previous = read_parquet(previous_labels_path, required=("image_id", "label"))["label"].to_numpy()
+    health = clustering_health(labels, previous)
     if stats["n_clusters"] == 0:
-        warnings.warn(f"round {round_idx}: clustering found no cluster ({len(ids)} outliers, eps={cfg.eps}); "
+        warnings.warn(f"round {round_idx}: clustering found no cluster ({len(ids)} outliers, eps={info['eps_used']:.3f}); "
                       "training is skipped this round. Try a larger eps.", AllOutliersWarning, stacklevel=2)
-    _done([out_path], digest, prof, {**{k: int(v) for k, v in stats.items()}, "jaccard_seconds": t_jaccard})
+    for message in health["warnings"]:
+        log.warning("round %d pseudo-labels look degenerate: %s", round_idx, message)
+        warnings.warn(f"round {round_idx}: {message}", DegenerateClusteringWarning, stacklevel=2)
+    _done([out_path], digest, prof, {**{k: (int(v) if isinstance(v, (int, np.integer)) else float(v))
+                                        for k, v in stats.items()}, **info,
+                                     **{f"health_{k}": v for k, v in health.items()}})
     return out_path
 
 
@@ -314,7 +389,7 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
     from ..device import pick_device, set_seed
     from ..io.checkpoint import save_checkpoint
     from ..models import model_checkpoint_state
-    from ..train import build_ise, build_memory, build_optimizer, build_scheduler, train_epoch
+    from ..train import build_camera_memory, build_ise, build_memory, build_optimizer, build_scheduler, train_epoch
 
     out_checkpoint, out_log = Path(out_checkpoint), Path(out_log)
     params = {"stage": "train", **cfg.train_params(), "round": round_idx, "init_checkpoint": cfg.init_checkpoint,
@@ -372,6 +447,10 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
             row_of = pd.Series(np.arange(len(fids)), index=fids)
             feats = feats[row_of.loc[ids].to_numpy()]
             memory = build_memory(feats[keep], labels[keep], tcfg, device=device)
+            camera_memory = build_camera_memory(feats[keep], labels[keep], camids[keep], tcfg, device=device)
+            if tcfg.camera_proxies and camera_memory is None:
+                log.warning("round %d: camera-aware proxies are on but some images have no camera id: "
+                            "training without them", round_idx)
             ise = build_ise(memory, tcfg)
             extra = None
             if cfg.extra_losses:
@@ -383,7 +462,8 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
                 extra = Objective(cfg.extra_losses, model.feat_dim).to(device)
             log_df = train_epoch(model, [paths[i] for i in np.flatnonzero(keep)], labels[keep], camids[keep],
                                  memory, tcfg, optimizer, epoch=round_idx - 1, total_epochs=max(cfg.rounds, 1),
-                                 ise=ise, progress=progress, extra_loss=extra, on_progress=on_progress)
+                                 ise=ise, progress=progress, extra_loss=extra, on_progress=on_progress,
+                                 camera_memory=camera_memory)
             log_df.insert(0, "round", round_idx)
         scheduler.step()
         extras = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "round": round_idx,

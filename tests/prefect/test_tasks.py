@@ -177,11 +177,20 @@ def test_progress_callback_maps_fraction_into_span(monkeypatch):
     assert seen == [10.0, 100.0]
 
 
-def test_training_never_reads_ground_truth_pids(make_cfg, tmp_path):
-    """Garbage in the train split's ``pid`` column changes nothing in pseudo labels or training."""
+# every label-free lever of issue 11 switched on at once: camera normalisation, density eps,
+# k1 from the data, splitting, camera-aware proxies, and ISE in its new regime
+ALL_LEVERS = dict(camera_norm=True, split_factor=1.5, eps_rho=0.05, k1_per_cluster=1.5, cam_intra_weight=1.0,
+                  cam_inter_weight=0.5, use_ise=True, lp_positive="own", ise_update_with_support=False,
+                  ise_horizon=100, ise_start=1)
+
+
+@pytest.mark.parametrize("levers", [{}, ALL_LEVERS], ids=["defaults", "all-levers"])
+def test_training_never_reads_ground_truth_pids(make_cfg, tmp_path, levers):
+    """Garbage in the train split's ``pid`` column changes nothing in pseudo labels or training,
+    with today's defaults and with every clustering / training lever on."""
     results = {}
     for variant in ("true", "garbage"):
-        cfg = make_cfg(variant, tmp_path, rounds=1)
+        cfg = make_cfg(variant, tmp_path, rounds=1, **levers)
         d = cfg.to_dict()
         images_path = tasks.index_images.fn(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
         if variant == "garbage":
@@ -192,8 +201,11 @@ def test_training_never_reads_ground_truth_pids(make_cfg, tmp_path):
             df.to_parquet(images_path, index=False)
         p = loop.round_paths(cfg, 1)
         feats = tasks.extract_features.fn(images_path, None, d, 1, p["features"])
-        labels = tasks.build_pseudo_labels.fn(feats, d, 1, p["pseudo_labels"])
+        labels = tasks.build_pseudo_labels.fn(feats, d, 1, p["pseudo_labels"], images_path=images_path)
         ckpt, log = tasks.train_epoch.fn(images_path, labels, feats, None, d, 1, p["checkpoint"], p["train_log"])
+        if levers:
+            assert pd.read_parquet(labels)["label"].max() >= 1  # at least two clusters: training really ran
+            assert "loss_cam_intra" in pd.read_parquet(log).columns
         results[variant] = (pd.read_parquet(labels), pd.read_parquet(log), load_checkpoint(ckpt))
     (l1, log1, c1), (l2, log2, c2) = results["true"], results["garbage"]
     assert not pd.read_parquet(tmp_path / "true" / "images.parquet").equals(
