@@ -7,7 +7,11 @@ rows), then draws mAP against wall-clock seconds and prints a markdown table.
 Methods:
   imagenet     the ImageNet MobileNetV2 features, no training (round 0 only)
   cc           Cluster-Contrast (pseudo-labels, cluster memory, no ISE)
-  cc_ise       Cluster-Contrast + ISE (interpolation + label-preserving loss)
+  cc_ise       Cluster-Contrast + ISE (interpolation + label-preserving loss), the paper's regime
+  cc_cam       Cluster-Contrast + the label-free camera levers (CAM_LEVERS: camera-mean removal before
+               clustering, splitting oversized clusters, camera-aware proxy losses)
+  cc_cam_ise   cc_cam + ISE in its new regime (ISE_REGIME: memory updated by real samples only, the
+               LP loss's positive = the sample's own support samples, lambda horizon 1,500 iterations)
   supervised   same backbone and budget, ground-truth labels, ID + batch-hard triplet
 
 The README's Results command (about 100 minutes of the 2 cores; run nothing else meanwhile, the
@@ -35,7 +39,10 @@ from reid_core.device import cpu_model  # noqa: E402
 from reid_core.io.atomic import append_parquet  # noqa: E402
 from reid_core.pipeline import RunConfig, run_pipeline  # noqa: E402
 
-METHODS = ("imagenet", "cc", "cc_ise", "supervised")
+METHODS = ("imagenet", "cc", "cc_ise", "cc_cam", "cc_cam_ise", "supervised")
+# the clustering + training levers of issue 11 (README "Defaults, and why")
+CAM_LEVERS = dict(camera_norm=True, split_factor=4.0, cam_intra_weight=1.0, cam_inter_weight=0.5)
+ISE_REGIME = dict(ise_update_with_support=False, lp_positive="own", ise_horizon=1500)
 DEFAULT_MARKET = REPO.parent / "shared" / "data" / "market1501"
 
 
@@ -53,6 +60,10 @@ def market_config(method: str, seed: int, args: argparse.Namespace) -> RunConfig
         base.update(use_ise=False)
     elif method == "cc_ise":
         base.update(use_ise=True)
+    elif method == "cc_cam":
+        base.update(use_ise=False, **CAM_LEVERS)
+    elif method == "cc_cam_ise":
+        base.update(use_ise=True, **CAM_LEVERS, **ISE_REGIME)
     elif method == "supervised":
         base.update(mode="supervised", supervised_loss="id+triplet", use_ise=False)
     else:

@@ -73,3 +73,14 @@ def test_summary_takes_the_last_round_of_each_seed(bench):
     table = bench.markdown_table(summary.reset_index())
     cc_line = next(line for line in table.splitlines() if line.startswith("| cc "))
     assert "| 35.0 |" in cc_line and "| 3.50 |" in cc_line
+
+
+def test_camera_lever_methods_and_tags(bench, tmp_path):
+    cam = bench.market_config("cc_cam", 1, parse(bench, tmp_path))
+    assert cam.use_ise is False and cam.camera_norm and cam.split_factor == 4.0 and cam.cam_inter_weight > 0
+    both = bench.market_config("cc_cam_ise", 1, parse(bench, tmp_path, "--tag", "x"))
+    assert both.use_ise and both.camera_norm and both.lp_positive == "own" and not both.ise_update_with_support
+    assert both.ise_horizon == 1500 and both.name == "cc_cam_ise-x-s1"
+    # --set still wins over a method's levers
+    off = bench.market_config("cc_cam", 0, parse(bench, tmp_path, "--set", "split_factor=0"))
+    assert off.split_factor == 0 and off.camera_norm
