@@ -244,7 +244,8 @@ class DegenerateClusteringWarning(UserWarning):
 
 
 # thresholds of clustering_health (label-free; documented in README "Defaults, and why")
-HEALTH_MAX_LARGEST_SHARE = 0.2  # one cluster holds more than this share of the clustered images
+HEALTH_MAX_LARGEST_SHARE = 0.2  # one cluster holds more than this share of the clustered images ...
+HEALTH_MIN_LARGEST = 20  # ... and at least this many images (a set of a handful of people is not chaining)
 HEALTH_MAX_OUTLIER_FRACTION = 0.9  # almost nothing is clustered
 HEALTH_MIN_CLUSTER_RATIO = 0.7  # clusters fell below this fraction of the previous round's count
 
@@ -256,7 +257,8 @@ def clustering_health(labels: Any, previous: Any = None) -> dict[str, Any]:
     ``outlier_fraction``, ``cluster_ratio`` (clusters / the previous round's clusters, nan without
     ``previous``) and ``warnings`` (a list of sentences; empty when the labels look healthy):
 
-    * one cluster holds more than ``HEALTH_MAX_LARGEST_SHARE`` of the clustered images (chaining:
+    * one cluster of at least ``HEALTH_MIN_LARGEST`` images holds more than
+      ``HEALTH_MAX_LARGEST_SHARE`` of the clustered images (chaining:
       DBSCAN linked many people through a crowd; try camera_norm, split_factor or a smaller eps);
     * more than ``HEALTH_MAX_OUTLIER_FRACTION`` of the images are outliers (eps too small);
     * the number of clusters fell below ``HEALTH_MIN_CLUSTER_RATIO`` x the previous round's while the
@@ -271,7 +273,7 @@ def clustering_health(labels: Any, previous: Any = None) -> dict[str, Any]:
     out = {"largest_share": float(largest_share),
            "clusters_per_image": float(st["n_clusters"] / st["n_samples"]) if st["n_samples"] else 0.0,
            "outlier_fraction": st["outlier_fraction"], "cluster_ratio": float("nan"), "warnings": []}
-    if st["n_clusters"] >= 2 and largest_share > HEALTH_MAX_LARGEST_SHARE:
+    if st["largest_cluster"] >= HEALTH_MIN_LARGEST and largest_share > HEALTH_MAX_LARGEST_SHARE:
         out["warnings"].append(f"one cluster holds {100 * largest_share:.0f}% of the {clustered} clustered images "
                                f"({st['largest_cluster']}): clusters are chaining across people")
     if st["n_samples"] and st["outlier_fraction"] > HEALTH_MAX_OUTLIER_FRACTION:

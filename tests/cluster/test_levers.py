@@ -170,3 +170,40 @@ def test_clustering_health_warnings():
     # fewer clusters that did not grow is not a collapse (e.g. outliers dropped)
     fewer = np.where(healthy < 10, healthy, -1)
     assert not any("collapsing" in w for w in clustering_health(fewer, previous=healthy)["warnings"])
+
+
+def test_stage_warns_on_degenerate_clustering(tmp_path):
+    """The clustering stage raises DegenerateClusteringWarning (and records the health in its
+    sidecar) for one cluster swallowing everything, and for a collapse against the previous round."""
+    import pandas as pd
+
+    from reid_core.cluster.pseudo_labels import DegenerateClusteringWarning
+    from reid_core.io.features_io import write_features
+    from reid_core.pipeline import RunConfig, cache
+    from reid_core.pipeline.stages import build_pseudo_labels
+
+    g = np.random.default_rng(0)
+    n = 60
+    ids = np.arange(n)
+    same = np.tile(g.normal(size=(1, 16)), (n, 1)) + 1e-3 * g.normal(size=(n, 16))  # one blob
+    write_features(tmp_path / "f.parquet", ids, same.astype(np.float32), 1)
+    prev = pd.DataFrame({"image_id": ids, "label": np.repeat(np.arange(15), 4), "round": 0})
+    prev.to_parquet(tmp_path / "prev.parquet")
+    cfg = RunConfig(k1=10, k2=3, min_samples=4)
+    with pytest.warns(DegenerateClusteringWarning) as caught:
+        out = build_pseudo_labels(tmp_path / "f.parquet", cfg, 1, tmp_path / "pl.parquet", progress=False,
+                                  previous_labels_path=tmp_path / "prev.parquet")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "chaining" in messages and "collapsing" in messages
+    meta = cache.read_meta(out)
+    assert meta["health_largest_share"] > 0.5 and meta["health_cluster_ratio"] < 0.7
+    assert len(meta["health_warnings"]) == 2
+    # well separated people: no warning
+    people = np.repeat(g.normal(size=(15, 16)) * 3, 4, axis=0) + 0.01 * g.normal(size=(n, 16))
+    write_features(tmp_path / "g.parquet", ids, people.astype(np.float32), 1)
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("error", DegenerateClusteringWarning)
+        build_pseudo_labels(tmp_path / "g.parquet", cfg, 1, tmp_path / "pl2.parquet", progress=False,
+                            previous_labels_path=tmp_path / "prev.parquet")
