@@ -91,7 +91,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     failed = check["min_cosine"] < args.min_cosine or not check["batch_sizes_ok"]
     if args.int8:
         q_out = out.with_name(out.stem + ".int8.onnx")
-        quantize_int8(out, q_out)
+        quantize_int8(out, q_out, model=model)
         import numpy as np
 
         from .export import onnx_features
