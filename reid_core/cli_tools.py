@@ -108,12 +108,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             report["int8"]["mAP_change_points"] = 100 * (report["mAP_int8_onnx"]["mAP"] - report["mAP_fp32_onnx"]["mAP"])
     if args.benchmark:
         bench_paths = _check_image_paths(args, src, args.benchmark_images)
-        rows = time_backends(model, out, bench_paths, src.height, src.width, batch_size=args.batch_size,
-                             threads=args.threads)
-        if args.int8:
-            rows += [r for r in time_backends(model, q_out, bench_paths, src.height, src.width,
-                                              batch_size=args.batch_size, threads=args.threads, bf16=False)
-                     if r["backend"].startswith("onnxruntime")]
+        rows = time_backends(model, [out, q_out] if args.int8 else [out], bench_paths, src.height, src.width,
+                             batch_size=args.batch_size, threads=args.threads)
         report["speed"] = {"cpu": cpu_model(), "torch_threads": rows[0]["threads"],
                            "rows": [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
     with atomic_path(out.with_suffix(".json")) as tmp:

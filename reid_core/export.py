@@ -175,55 +175,56 @@ def check_onnx(model: nn.Module, onnx_path: str | os.PathLike, image_paths: Sequ
             "max_abs_diff": float(np.abs(ref - got).max()), "batch_sizes_ok": batch_ok}
 
 
-def time_backends(model: nn.Module, onnx_path: str | os.PathLike, image_paths: Sequence[str | os.PathLike],
-                  height: int, width: int, batch_size: int = 64, repeats: int = 3, threads: int | None = None,
-                  bf16: bool | str = "auto") -> list[dict[str, Any]]:
+def time_backends(model: nn.Module, onnx_paths: str | os.PathLike | Sequence[str | os.PathLike],
+                  image_paths: Sequence[str | os.PathLike], height: int, width: int, batch_size: int = 64,
+                  repeats: int = 5, threads: int | None = None, bf16: bool | str = "auto") -> list[dict[str, Any]]:
     """Images per second of the forward (normalisation + network, decoded uint8 batches in memory)
-    for onnxruntime and torch (fp32, and torch's bf16 path where the CPU supports it).
+    for onnxruntime (each file of ``onnx_paths``) and torch (fp32, and torch's bf16 path where the
+    CPU supports it), all with ``threads`` intra-op threads.
 
-    Each backend runs ``repeats`` passes over the same batches after one warm-up pass; the best
-    pass counts (least disturbed by other load on the machine).
+    After one warm-up pass each, the backends take turns: ``repeats`` rounds of one timed pass per
+    backend, so a change in the machine's other load hits all of them alike; the best pass counts.
     """
+    import contextlib
+
+    import onnxruntime
+
     from .features import inference_runner
 
     threads = threads or torch.get_num_threads()
+    if isinstance(onnx_paths, (str, os.PathLike)):
+        onnx_paths = [onnx_paths]
     paths = [os.fspath(p) for p in image_paths]
     batches = [decode_batch(paths[s:s + batch_size], height, width) for s in range(0, len(paths), batch_size)]
+    arrays = [b.numpy() for b in batches]
     n = sum(len(b) for b in batches)
-    rows: list[dict[str, Any]] = []
-
-    def best_rate(run_batch) -> float:
-        for b in batches[:1]:
-            run_batch(b)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for b in batches:
-                run_batch(b)
-            best = min(best, time.perf_counter() - t0)
-        return n / best
-
-    session = onnx_session(onnx_path, threads=threads)
-    np_batches = {id(b): b.numpy() for b in batches}
-    rows.append({"backend": f"onnxruntime {__import__('onnxruntime').__version__} ({Path(onnx_path).name})",
-                 "images_per_s": best_rate(lambda b: session.run([OUTPUT_NAME], {INPUT_NAME: np_batches[id(b)]}))})
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        modes = [False] + ([True] if bf16 is not False else [])
-        for use_bf16 in modes:
-            with inference_runner(model, "cpu", bf16=use_bf16) as run:
+        with contextlib.ExitStack() as stack:
+            runs: dict[str, Any] = {}
+            for path in onnx_paths:
+                session = onnx_session(path, threads=threads)
+                runs[f"onnxruntime {onnxruntime.__version__} ({Path(path).name})"] = (
+                    lambda s=session: [s.run([OUTPUT_NAME], {INPUT_NAME: a}) for a in arrays])
+            for use_bf16 in [False] + ([True] if bf16 is not False else []):
+                run = stack.enter_context(inference_runner(model, "cpu", bf16=use_bf16))
                 if use_bf16 and not run.bf16:  # type: ignore[attr-defined]
                     continue
-                dev = run.device  # type: ignore[attr-defined]
-                rate = best_rate(lambda b: run(normalize_uint8_batch(b, dev)))
-            rows.append({"backend": f"torch {torch.__version__} {'bf16' if use_bf16 else 'fp32'}",
-                         "images_per_s": rate})
+                runs[f"torch {torch.__version__} {'bf16' if use_bf16 else 'fp32'}"] = (
+                    lambda r=run: [r(normalize_uint8_batch(b, r.device)) for b in batches])
+            best = {name: float("inf") for name in runs}
+            for fn in runs.values():
+                fn()  # warm-up
+            for _ in range(repeats):
+                for name, fn in runs.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    best[name] = min(best[name], time.perf_counter() - t0)
     finally:
         torch.set_num_threads(before)
-    for r in rows:
-        r.update({"batch_size": batch_size, "threads": threads, "n_images": n, "height": height, "width": width})
-    return rows
+    return [{"backend": name, "images_per_s": n / seconds, "batch_size": batch_size, "threads": threads,
+             "n_images": n, "height": height, "width": width} for name, seconds in best.items()]
 
 
 def fp32_conv_nodes(model: nn.Module, onnx_path: str | os.PathLike) -> list[str]:
