@@ -420,7 +420,9 @@ def build_report(run_dir: str | os.PathLike, out_path: str | os.PathLike | None 
 
     sections: list[tuple[str, str, str]] = [
         ("metrics", "Metrics per round", _metrics_section(metrics)),
-        ("clusters", "Pseudo-labels: cluster sizes and outliers", _cluster_section(run_dir, rounds)[0]),
+        ("clusters", "Pseudo-labels: cluster sizes and outliers",
+         ("<p>Supervised run: these labels are the ground-truth identities.</p>" if cfg.get("mode") == "supervised"
+          else "") + _cluster_section(run_dir, rounds)[0]),
         ("training", "Training loss", _train_section(run_dir, rounds)),
         ("ise", "ISE plan", _ise_section(run_dir, rounds)),
         ("embedding", "2-D embedding of the features", _embedding_section(run_dir, rounds, images,
