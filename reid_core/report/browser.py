@@ -114,6 +114,7 @@ async def _inspect(url: str, port: int, screenshot: Path | None, width: int, tim
         for domain in ("Page", "Runtime", "Log", "Network"):
             await cdp.send(f"{domain}.enable")
         await cdp.send("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1, mobile=False)
+        cdp.events.clear()  # only what the page itself causes (not about:blank's start-up)
         await cdp.send("Page.navigate", url=url)
         await cdp.wait_event("Page.loadEventFired", timeout)
         await asyncio.sleep(0.3)  # let late console messages arrive
