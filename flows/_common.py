@@ -82,6 +82,7 @@ def markdown_summary(cfg: RunConfig, records: list[dict[str, Any]], skipped_roun
         f"- images table: `{run_dir / 'images.parquet'}`; configuration: `{run_dir / 'config.json'}`",
         "- per round: `round_NNN/{features, pseudo_labels, ise_plan, train_log, metrics, profile}.parquet` "
         "and `checkpoint.pt`",
+        f"- HTML report: `{run_dir / 'report.html'}` (rebuild: `reid report {run_dir}`)",
         "",
     ]
     if skipped_rounds:
@@ -114,6 +115,9 @@ def publish_run_artifacts(cfg: RunConfig, metrics_path: str | Path, skipped_roun
     create_table_artifact(records, key=f"{key}-metrics", description=f"metrics per round of {cfg.name}")
     create_markdown_artifact(markdown_summary(cfg, records, skipped_rounds), key=f"{key}-summary",
                              description=f"where the outputs of {cfg.name} are")
+    from flows._report import publish_report
+
+    publish_report(cfg, key)
     if progress_id is not None:
         update_progress_artifact(artifact_id=progress_id, progress=100.0)
     return records

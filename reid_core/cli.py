@@ -1,5 +1,6 @@
 """``reid`` command line: evaluate a backbone or checkpoint, run the plain loop, make synthetic data,
-sweep DBSCAN eps. (The Prefect flows live in ``flows/``; this CLI needs no Prefect.)"""
+sweep DBSCAN eps; use a trained model: query a gallery, export to ONNX, report a run as HTML.
+(The Prefect flows live in ``flows/``; this CLI needs no Prefect.)"""
 from __future__ import annotations
 
 import argparse
@@ -140,7 +141,7 @@ def cmd_eps_sweep(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reid", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("evaluate", help="score a backbone (no training) or a checkpoint")
     _add_config_args(p)
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("eps-sweep", help="DBSCAN eps vs clusters/outliers/NMI/ARI for a features.parquet")
+    p = sub.add_parser("eps-sweep", help="DBSCAN eps vs clusters/outliers/ARI of a features file")
     p.add_argument("features")
     p.add_argument("--images", default=None, help="images.parquet with ground-truth pids (optional)")
     p.add_argument("--k1", type=int, default=30)
@@ -172,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps-step", type=float, default=0.05)
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_eps_sweep)
+
+    from .cli_tools import add_user_commands
+
+    add_user_commands(sub)
     return parser
 
 

@@ -143,3 +143,11 @@ def test_supervised_flow_writes_the_same_outputs(prefect_harness, tiny_flow_para
     log = pd.read_parquet(tmp_path / "sup" / "round_001" / "train_log.parquet")
     assert {"loss_id", "loss_triplet"} <= set(log.columns) and len(log) == params["iters"]
     assert not (tmp_path / "sup" / "round_001" / "features.parquet").exists()  # no clustering in supervised mode
+
+
+def test_flow_publishes_the_html_report_as_a_link(two_rounds):
+    runs, _ = two_rounds
+    link = _read_artifact("flow-a-report")
+    assert link.type in ("link", "markdown")
+    assert (runs / "flow-a" / "report.html").as_uri() in str(link.data)
+    assert (runs / "flow-a" / "report.html").is_file()
