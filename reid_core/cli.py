@@ -97,6 +97,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the RunConfig a run with these flags would use: every field, defaults filled in."""
+    cfg = config_from_args(args)
+    print(cfg.to_json())
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synthetic import generate_synthetic
 
@@ -155,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="JSON file with RunConfig fields")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("config", help="print every RunConfig knob and its value")
+    _add_config_args(p)
+    p.add_argument("--config", default=None, help="JSON file with RunConfig fields")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("synth", help="generate the synthetic person dataset")
     p.add_argument("--out", default="data/synthetic")
