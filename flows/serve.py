@@ -161,16 +161,22 @@ def yaml_deployment_names(path: Path = REPO_ROOT / "prefect.yaml") -> set[str]:
     return {d.get("name") for d in spec.get("deployments", []) if d.get("name")}
 
 
-def market_parameters(path: Path = REPO_ROOT / "prefect.yaml") -> dict | None:
-    """Parameters of the ``market1501`` deployment in prefect.yaml (one source for both modes)."""
+def market_parameters(path: Path = REPO_ROOT / "prefect.yaml", name: str = "market1501") -> dict | None:
+    """Parameters of the deployment ``name`` (``market1501`` by default) in prefect.yaml (one source
+    for both modes)."""
     import yaml
 
     with open(path, encoding="utf-8") as fh:
         spec = yaml.safe_load(fh) or {}
     for d in spec.get("deployments", []):
-        if d.get("name") == "market1501":
+        if d.get("name") == name:
             return dict(d.get("parameters") or {})
     return None
+
+
+def market_deployment_names(path: Path = REPO_ROOT / "prefect.yaml") -> list[str]:
+    """The Market-1501 presets of prefect.yaml: deployments named ``market1501`` or ``market1501-*``."""
+    return sorted(n for n in yaml_deployment_names(path) if n == "market1501" or n.startswith("market1501-"))
 
 
 def deployment_ready(api_url: str, flow_name: str, deployment: str) -> bool:
@@ -195,12 +201,11 @@ def serve_deployments(deployment_name: str, limit: int | None) -> None:
                         tags=["reid", "local"])
         for f in (cluster_contrast, evaluate_checkpoint, supervised)
     ]
-    # the Market-1501 defaults (bench/accuracy.py) as a deployment of their own, as in prefect.yaml
-    market = market_parameters()
-    if market is not None:
+    # the Market-1501 presets (bench/accuracy.py) as deployments of their own, as in prefect.yaml
+    for name in market_deployment_names():
         deployments.append(cluster_contrast.to_deployment(
-            name="market1501", entrypoint_type=EntrypointType.MODULE_PATH, tags=["reid", "market1501"],
-            parameters=market))
+            name=name, entrypoint_type=EntrypointType.MODULE_PATH, tags=["reid", "market1501"],
+            parameters=market_parameters(name=name)))
     serve(*deployments, limit=limit, print_starting_message=True)
 
 

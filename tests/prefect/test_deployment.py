@@ -99,3 +99,24 @@ def test_deployment_run_end_to_end(mode, tiny_market, tiny_flow_params, tmp_path
     assert text.index("stopping serve process" if mode == "serve" else "stopping worker") < \
         text.index("stopping Prefect server")
     assert not (home / "serve.json").exists()
+
+
+def test_market_presets_match_the_benchmark_methods():
+    """Every market1501* deployment of prefect.yaml is served, builds a valid RunConfig, and the
+    candidate preset carries exactly the levers of bench/accuracy.py's cc_cam method."""
+    import importlib.util
+
+    from flows._common import build_config
+    from flows.serve import REPO_ROOT, market_deployment_names, market_parameters
+
+    names = market_deployment_names()
+    assert names == ["market1501", "market1501-cam"]
+    for name in names:
+        params = market_parameters(name=name)
+        cfg = build_config({k: v for k, v in params.items() if k != "overrides"}, params.get("overrides"))
+        assert cfg.dataset == "market1501" and cfg.p * cfg.k == 128
+    spec = importlib.util.spec_from_file_location("bench_accuracy", REPO_ROOT / "bench" / "accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cam = market_parameters(name="market1501-cam")["overrides"]
+    assert {k: cam[k] for k in bench.CAM_LEVERS} == bench.CAM_LEVERS
