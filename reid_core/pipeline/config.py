@@ -73,6 +73,11 @@ class RunConfig:
     extract_batch_size: int = 128
     flip: bool = False
     rerank: bool = False
+    # throughput (reid_core.train.TrainConfig): "memory" = decode once, batch augmentation in the main
+    # process ("loader" = DataLoader + per-image transforms); fused Adam; fp32 stride-2 depthwise convs
+    train_data: str = "memory"
+    fused_adam: bool = True
+    fp32_strided_dw: bool = True
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:

@@ -314,7 +314,7 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
     from ..device import pick_device, set_seed
     from ..io.checkpoint import save_checkpoint
     from ..models import model_checkpoint_state
-    from ..train import build_ise, build_memory, build_optimizer, build_scheduler, train_epoch
+    from ..train import build_ise, build_memory, build_optimizer, build_scheduler, set_adam_options_, train_epoch
 
     out_checkpoint, out_log = Path(out_checkpoint), Path(out_log)
     params = {"stage": "train", **cfg.train_params(), "round": round_idx, "init_checkpoint": cfg.init_checkpoint,
@@ -354,6 +354,7 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
         scheduler = build_scheduler(optimizer, tcfg)
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
+            set_adam_options_(optimizer, tcfg)  # the saved param groups carry the writer's `fused` flag
         if "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
         if n_clusters < 2:
