@@ -126,7 +126,8 @@ def extract_features_stage(images_path: str | Path, checkpoint_path: str | Path 
         model = _build_or_load_model(checkpoint_path, cfg, device)
         feats = extract_features(model, subset["path"].tolist(), height=cfg.height, width=cfg.width,
                                  batch_size=cfg.extract_batch_size, device=device, flip=cfg.flip,
-                                 bf16=cfg.bf16, progress=progress)
+                                 bf16=cfg.bf16, progress=progress, decode=cfg.extract_decode,
+                                 bf16_weights=cfg.extract_bf16_weights)
         write_features(out_path, subset["image_id"].to_numpy(), feats, round_idx)
     _done([out_path], digest, prof, {"n_images": len(subset), "images_per_s": len(subset) / max(prof["seconds"], 1e-9)})
     return out_path
@@ -429,7 +430,8 @@ def evaluate_stage(images_path: str | Path, checkpoint_path: str | Path | None, 
         t0 = time.perf_counter()
         feats = extract_features(model, both["path"].tolist(), height=cfg.height, width=cfg.width,
                                  batch_size=cfg.extract_batch_size, device=device, flip=cfg.flip, bf16=cfg.bf16,
-                                 progress=progress)
+                                 progress=progress, decode=cfg.extract_decode,
+                                 bf16_weights=cfg.extract_bf16_weights)
         row["eval_extract_seconds"] = time.perf_counter() - t0
         nq = len(query)
         res = evaluate_features(feats[:nq], feats[nq:], query["pid"].to_numpy(), gallery["pid"].to_numpy(),
