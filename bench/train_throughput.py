@@ -15,6 +15,8 @@ with the same initial weights), so load from other processes hits both alike; th
 of every block (worker start-up, first decode of the store) is left out of ``images_per_s`` and
 kept in ``images_per_s_wall`` (the whole block). One JSON line per (backbone, path), then a
 ``ratio`` line. The CPU model and the 1-minute load average say where and how busy.
+``fraction_of_bf16_matmul_peak`` = images/s x training GFLOP per image (3 x the counted forward)
+/ the GFLOP/s of a 4096^3 bf16 matmul measured in the same run.
 
   python bench/train_throughput.py --backbones mobilenet_v2 --height 128 --width 64 --p 16 --k 8
   python bench/train_throughput.py --backbones resnet50 --height 256 --width 128 --p 16 --k 4 --steps 3
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -67,6 +70,33 @@ def _images(root: Path, tmp: Path) -> tuple[list[str], np.ndarray, np.ndarray, s
     return paths, np.array(labels), np.array(labels) % 6, "generated"
 
 
+def train_gflop_per_image(backbone: str, height: int, width: int) -> float:
+    """3 x the forward FLOPs of one image (forward + input gradient + weight gradient), counted by
+    ``torch.utils.flop_counter`` on the forward (its backward formulas miscount grouped convs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(backbone, pretrained=False).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(2, 3, height, width))
+    return 3 * counter.get_total_flops() / 2 / 1e9
+
+
+def bf16_matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
+    """Best bf16 GFLOP/s of an n x n x n matmul on this machine (the reachable peak the training
+    throughput is compared with)."""
+    a = torch.randn(n, n).bfloat16()
+    b = torch.randn(n, n).bfloat16()
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def run(backbone: str, args, paths, labels, cams, source: str) -> list[dict]:
     device = pick_device(args.device)
     bf16 = resolve_bf16(args.bf16, device)
@@ -93,6 +123,8 @@ def run(backbone: str, args, paths, labels, cams, source: str) -> list[dict]:
             walls[name].append(time.perf_counter() - t0)
             per_iter[name] += log["seconds"].iloc[1:].tolist()
     batch = args.p * args.k
+    gflop = train_gflop_per_image(backbone, args.height, args.width)
+    peak = bf16_matmul_gflops() if bf16 else math.nan
     rows = []
     for name in setups:
         sec = statistics.median(per_iter[name])
@@ -102,6 +134,8 @@ def run(backbone: str, args, paths, labels, cams, source: str) -> list[dict]:
             "bf16": bool(bf16), "workers_old_path": args.workers, "steps_timed": len(per_iter[name]),
             "seconds_per_step_median": round(sec, 3), "images_per_s": round(batch / sec, 2),
             "images_per_s_wall": round(batch * args.steps * args.repeats / sum(walls[name]), 2),
+            "train_gflop_per_image": round(gflop, 3), "bf16_matmul_gflops": round(peak, 1),
+            "fraction_of_bf16_matmul_peak": round(batch / sec * gflop / peak, 4),
             "torch_threads": torch.get_num_threads(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "load_avg_1min": round(os.getloadavg()[0], 2), "images": source, "torch": torch.__version__,
         })
