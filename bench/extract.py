@@ -3,12 +3,13 @@
 Prints ONE JSON line. All figures come from the same run, model, batch size and images, timed
 alternately (``--repeats`` times each, best kept), so load from other processes hits them alike:
 
-* ``old``: ``extract_features(decode="thread", bf16_weights=False)``, the path before issue 12:
-  a background thread decodes the next batches while the model runs, and autocast casts every
-  conv weight to bf16 at every batch;
-* ``new`` (the default): each batch decoded in the calling thread right before its forward (no
-  thread competing with torch's intra-op threads for the cores), bf16 convs with bf16 weights
-  (bit-identical features: ``max_abs_feature_diff`` says so);
+* ``old``: ``extract_features(bf16_weights=False)``, the path before issue 12: a background
+  thread decodes the next batches while the model runs, and autocast casts every conv weight to
+  bf16 at every batch;
+* ``new`` (the default): the same, with the bf16 convs' weights stored in bf16 (bit-identical
+  features: ``max_abs_feature_diff`` says so);
+* ``inline``: ``new`` with ``decode="inline"`` (each batch decoded in the calling thread right
+  before its forward, no thread beside torch's intra-op threads);
 * ``bare``: the new runner's forward alone on batches decoded and normalised beforehand.
 
 ``speedup`` = new / old images per second; ``ratio`` = new / bare shows what decoding still costs.
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
         paths, source = _image_paths(Path(args.data_root), args.n_images, Path(tmpdir))
         kw = dict(height=args.height, width=args.width, batch_size=args.batch_size, device=args.device,
                   bf16=args.bf16, num_workers=args.num_workers, progress=False)
-        old_kw = dict(kw, decode="thread", bf16_weights=False)
+        old_kw = dict(kw, bf16_weights=False)
+        inline_kw = dict(kw, decode="inline")
         # Bare path: the new inference runner, on batches decoded and normalised beforehand.
         with inference_runner(model, args.device, args.bf16) as run:
             dev = run.device
@@ -115,10 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
             f_old = extract_features(model, paths[: 2 * args.batch_size], **old_kw)
             f_new = extract_features(model, paths[: 2 * args.batch_size], **kw)
             run(batches[0])
-            times = {"old": [], "new": [], "bare": []}
+            extract_features(model, paths[: 2 * args.batch_size], **inline_kw)
+            times = {"old": [], "new": [], "inline": [], "bare": []}
             for _ in range(args.repeats):
                 times["old"].append(timed(lambda: extract_features(model, paths, **old_kw)))
                 times["new"].append(timed(lambda: extract_features(model, paths, **kw)))
+                times["inline"].append(timed(lambda: extract_features(model, paths, **inline_kw)))
                 times["bare"].append(timed(bare))
 
     n = len(paths)
@@ -138,8 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "old_images_per_s": round(ips["old"], 1),
         "new_images_per_s": round(ips["new"], 1),
+        "inline_images_per_s": round(ips["inline"], 1),
         "bare_forward_images_per_s": round(ips["bare"], 1),
         "speedup": round(ips["new"] / ips["old"], 3),
+        "inline_speedup": round(ips["inline"] / ips["old"], 3),
         "ratio": round(ips["new"] / ips["bare"], 3),
         "old_images_per_cpu_s": round(cps["old"], 1),
         "new_images_per_cpu_s": round(cps["new"], 1),

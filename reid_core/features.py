@@ -5,10 +5,9 @@ The pipeline keeps the model busy:
 * images are decoded (JPEG: torchvision's libjpeg-turbo decoder, pixel-identical to PIL's on
   Market-1501 and ~2.5x cheaper; other formats: PIL) and resized with PIL's bicubic filter, as
   ``reid_core.data.transforms.build_eval_transform`` does (as in Cluster-Contrast), into a uint8
-  (B, H, W, 3) batch. With ``num_workers=0`` the calling thread decodes each batch before its
-  forward (``decode="inline"``) or one background thread prepares the next batches while the model
-  runs the current one (``decode="thread"``, the decoders release the GIL; slower on 2 cores, see
-  :func:`extract_features`); with ``num_workers > 0`` a ``DataLoader`` with that many worker
+  (B, H, W, 3) batch. With ``num_workers=0`` one background thread prepares the next batches while
+  the model runs the current one (``decode="thread"``, the default; the decoders release the GIL)
+  or the calling thread decodes each batch before its forward (``decode="inline"``); with ``num_workers > 0`` a ``DataLoader`` with that many worker
   processes does it (for a GPU machine with many cores).
 * the uint8 batch goes to the device as is (4x fewer bytes than float) and is normalised there with
   ImageNet mean/std by torch's intra-op threads. The permuted (B, 3, H, W) view is already in
@@ -190,7 +189,8 @@ def _bf16_resident_weights_(net: nn.Module) -> int:
 
 @contextlib.contextmanager
 def inference_runner(model: nn.Module, device: str | torch.device = "auto", bf16: bool | str = "auto",
-                     fuse_bn: bool = True, bf16_weights: bool = True) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+                     fuse_bn: bool = True,
+                     bf16_weights: bool = True) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """Yield ``run(x) -> float32 L2-normalised (B, D)`` backed by an inference copy of ``model``.
 
     ``x`` is a normalised float (B, 3, H, W) batch already on the device. ``model`` itself is not
@@ -235,7 +235,7 @@ def _feature_dim(model: nn.Module) -> int | None:
 def extract_features(model: nn.Module, paths: Sequence[str | os.PathLike], height: int = 256, width: int = 128,
                      batch_size: int = 128, device: str | torch.device = "auto", flip: bool = False,
                      bf16: bool | str = "auto", num_workers: int = 0, progress: bool = True,
-                     decode: str = "inline", bf16_weights: bool = True) -> np.ndarray:
+                     decode: str = "thread", bf16_weights: bool = True) -> np.ndarray:
     """Features of the images at ``paths``: float32 (N, D), rows L2-normalised, in ``paths`` order.
 
     Images are resized to (``height``, ``width``) (bicubic, as ``build_eval_transform``) and
@@ -243,14 +243,14 @@ def extract_features(model: nn.Module, paths: Sequence[str | os.PathLike], heigh
     if present) through an inference copy, so ``model`` itself is not changed.
     ``flip=True`` averages each feature with the feature of the horizontally flipped image, then
     re-normalises. ``bf16="auto"`` uses bf16 autocast where the device supports it.
-    ``num_workers=0`` decodes in the calling thread before each batch's forward
-    (``decode="inline"``, the default) or in one background thread that prefetches while the model
-    runs (``decode="thread"``); ``> 0`` uses a DataLoader with that many worker processes. Inline
-    is faster on a small CPU: a decode thread running beside torch's intra-op threads (one per core)
-    oversubscribes the cores, and every parallel op then waits for its slowest thread, which costs
-    more than the decoding (~0.1 ms a Market crop) that the overlap hides.
-    ``bf16_weights``: see :func:`inference_runner` (same features either way). An empty ``paths`` returns a (0, D) array (D = ``model.feat_dim``;
-    a model without ``feat_dim`` raises ``ValueError`` for empty input).
+    ``num_workers=0`` decodes in one background thread that prefetches while the model runs
+    (``decode="thread"``, the default) or in the calling thread right before each batch's forward
+    (``decode="inline"``: no thread beside torch's intra-op threads; measured 7% slower on a busy
+    2-core EPYC, kept as an option for machines where the overlap does not pay); ``> 0`` uses a
+    DataLoader with that many worker processes.
+    ``bf16_weights``: see :func:`inference_runner` (same features either way).
+    An empty ``paths`` returns a (0, D) array (D = ``model.feat_dim``; a model without
+    ``feat_dim`` raises ``ValueError`` for empty input).
     Unreadable or missing images raise an error naming the file.
     """
     if height <= 0 or width <= 0:

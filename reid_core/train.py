@@ -226,9 +226,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1)
 
 
-def build_train_loader(paths: Sequence[str], labels, camids, cfg: TrainConfig, epoch: int,
-                       pin_memory: bool = False) -> DataLoader:
-    """The epoch's DataLoader: P x K sampler (``cfg.iters`` batches, seeded by ``(seed, epoch)``)."""
+def epoch_sampler(labels, camids, cfg: TrainConfig, epoch: int) -> PKSampler:
+    """The epoch's P x K sampler (``cfg.iters`` batches, seeded by ``(seed, epoch)``); camera-aware
+    when ``cfg.use_camids`` and every camera id is known."""
     labels = np.asarray(labels, dtype=np.int64)
     cams = None
     if cfg.use_camids and camids is not None:
@@ -239,6 +239,14 @@ def build_train_loader(paths: Sequence[str], labels, camids, cfg: TrainConfig, e
             cams = None  # unknown cameras: plain P x K sampling
     sampler = PKSampler(labels, camids=cams, p=cfg.p, k=cfg.k, num_iterations=cfg.iters, seed=cfg.seed)
     sampler.set_epoch(epoch)
+    return sampler
+
+
+def build_train_loader(paths: Sequence[str], labels, camids, cfg: TrainConfig, epoch: int,
+                       pin_memory: bool = False) -> DataLoader:
+    """The epoch's DataLoader: P x K sampler (``cfg.iters`` batches, seeded by ``(seed, epoch)``)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    sampler = epoch_sampler(labels, camids, cfg, epoch)
     dataset = TrainDataset(paths, labels, build_train_transform(cfg.height, cfg.width))
     gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
     return DataLoader(dataset, sampler=sampler, batch_size=sampler.batch_size, drop_last=False,
@@ -259,8 +267,7 @@ def train_batches(paths: Sequence[str], labels, camids, cfg: TrainConfig, epoch:
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(paths):
         raise ValueError(f"labels: need one label per path ({len(paths)} paths, {len(labels)} labels)")
-    loader = build_train_loader(paths, labels, camids, cfg, epoch)  # its sampler only; no worker starts
-    sampler = loader.sampler
+    sampler = epoch_sampler(labels, camids, cfg, epoch)  # the loader path's batches, index for index
     store = image_store(paths, cfg.height, cfg.width)
     augment = BatchAugment(cfg.height, cfg.width)
     gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
@@ -420,5 +427,5 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
 
 
 __all__ = ["LOG_COLUMNS", "TRAIN_DATA_PATHS", "TrainConfig", "adam_options", "build_ise", "build_memory",
-           "build_optimizer", "build_scheduler", "build_train_loader", "fp32_strided_depthwise", "ise_horizon",
-           "set_adam_options_", "train_batches", "train_epoch"]
+           "build_optimizer", "build_scheduler", "build_train_loader", "epoch_sampler", "fp32_strided_depthwise",
+           "ise_horizon", "set_adam_options_", "train_batches", "train_epoch"]

@@ -259,14 +259,15 @@ def test_pil_fallback_when_torchvision_decoder_missing(monkeypatch, model, image
 @pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.skipif(
     not cpu_supports_bf16(), reason="CPU without bf16"))])
 def test_new_extraction_path_gives_the_old_features_exactly(image_paths, bf16):
-    """Inline decoding + bf16-resident conv weights (new) against the prefetch thread + autocast's
-    per-batch weight casts (old): the same casts and the same kernels, so the same bits."""
+    """bf16-resident conv weights (new default) and inline decoding against the prefetch thread +
+    autocast's per-batch weight casts (old): the same casts and the same kernels, so the same bits."""
     torch.manual_seed(0)
     model = build_model("mobilenet_v2", pretrained=True)
     kw = dict(height=32, width=16, batch_size=3, device="cpu", bf16=bf16, progress=False)
     new = extract_features(model, image_paths, **kw)
+    inline = extract_features(model, image_paths, decode="inline", **kw)
     old = extract_features(model, image_paths, decode="thread", bf16_weights=False, **kw)
-    assert np.array_equal(new, old)
+    assert np.array_equal(new, old) and np.array_equal(inline, old)
     if bf16:  # and the bf16 path really ran in bf16: the features differ from fp32 ones
         fp32 = extract_features(model, image_paths, **dict(kw, bf16=False))
         assert not np.array_equal(new, fp32)

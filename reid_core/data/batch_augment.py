@@ -152,8 +152,8 @@ class BatchAugment:
         erase = torch.rand(n, generator=g) < self.erase_p
         # random erasing: up to `erase_tries` rectangles per image, the first one that fits is used
         t = self.erase_tries
-        area = H * W * (self.erase_scale[0] + (self.erase_scale[1] - self.erase_scale[0]) * torch.rand(n, t, generator=g,
-                                                                                                      dtype=torch.float64))
+        lo_s, hi_s = self.erase_scale
+        area = H * W * (lo_s + (hi_s - lo_s) * torch.rand(n, t, generator=g, dtype=torch.float64))
         lo, hi = math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1])
         aspect = torch.exp(lo + (hi - lo) * torch.rand(n, t, generator=g, dtype=torch.float64))
         eh = torch.round(torch.sqrt(area * aspect)).long()

@@ -78,9 +78,9 @@ class RunConfig:
     train_data: str = "memory"
     fused_adam: bool = True
     fp32_strided_dw: bool = True
-    # extraction: decode each batch in the calling thread ("inline") or in a prefetch thread ("thread",
-    # the old path); bf16 convs keep bf16 weights instead of autocast casting them every batch
-    extract_decode: str = "inline"
+    # extraction: decode in a prefetch thread ("thread") or in the calling thread ("inline"); bf16 convs
+    # keep bf16 weights instead of autocast casting them every batch (false = the old path; same features)
+    extract_decode: str = "thread"
     extract_bf16_weights: bool = True
 
     def __post_init__(self) -> None:
