@@ -1,21 +1,28 @@
-"""Benchmark feature extraction: full path (decode + resize + normalise + forward) vs bare forward.
+"""Benchmark feature extraction: the old path against the new one, and against the bare forward.
 
-Prints ONE JSON line. Both throughputs come from the same run, same model, same batch size and the
-same inference settings (``reid_core.features.inference_runner``); the bare forward runs on
-tensors decoded and normalised beforehand, so ``ratio`` = full / bare shows what decoding costs.
-The two paths are timed alternately (``--repeats`` times, best kept). ``*_per_cpu_s`` divide by
-the CPU time of this process instead of wall time (``cpu_ratio``): on a machine shared with other
-jobs that figure is steadier, and on a dedicated machine whose cores torch already fills it is what
-the wall-clock ratio tends to. ``load_avg_1min`` says how busy the machine was.
+Prints ONE JSON line. All figures come from the same run, model, batch size and images, timed
+alternately (``--repeats`` times each, best kept), so load from other processes hits them alike:
 
-    python bench/extract.py --backbone mobilenet_v2 --height 256 --width 128 --bf16 false
+* ``old``: ``extract_features(bf16_weights=False)``, the path before issue 12: a background
+  thread decodes the next batches while the model runs, and autocast casts every conv weight to
+  bf16 at every batch;
+* ``new`` (the default): the same, with the bf16 convs' weights stored in bf16 (bit-identical
+  features: ``max_abs_feature_diff`` says so);
+* ``inline``: ``new`` with ``decode="inline"`` (each batch decoded in the calling thread right
+  before its forward, no thread beside torch's intra-op threads);
+* ``bare``: the new runner's forward alone on batches decoded and normalised beforehand.
+
+``speedup`` = new / old images per second; ``ratio`` = new / bare shows what decoding still costs.
+``*_per_cpu_s`` divide by this process's CPU time instead of wall time (steadier on a shared
+machine). ``load_avg_1min`` says how busy the machine was; ``cpu`` names it.
+
+    python bench/extract.py --backbone mobilenet_v2 --height 128 --width 64 --n-images 2048
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reid_core.device import cpu_model  # noqa: E402
 from reid_core.features import (  # noqa: E402
     decode_batch, extract_features, inference_runner, normalize_uint8_batch,
 )
@@ -82,7 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
         paths, source = _image_paths(Path(args.data_root), args.n_images, Path(tmpdir))
         kw = dict(height=args.height, width=args.width, batch_size=args.batch_size, device=args.device,
                   bf16=args.bf16, num_workers=args.num_workers, progress=False)
-        # Bare path: the same inference runner, on batches decoded and normalised beforehand.
+        old_kw = dict(kw, bf16_weights=False)
+        inline_kw = dict(kw, decode="inline")
+        # Bare path: the new inference runner, on batches decoded and normalised beforehand.
         with inference_runner(model, args.device, args.bf16) as run:
             dev = run.device
             batches = [
@@ -91,55 +101,62 @@ def main(argv: list[str] | None = None) -> dict:
             ]
             bf16_used, cl = run.bf16, run.channels_last
 
-            def bare() -> tuple[float, float]:
+            def timed(fn) -> tuple[float, float]:
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 t0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                return time.perf_counter() - t0, time.process_time() - c0
+
+            def bare() -> None:
                 for x in batches:
                     run(x).cpu()
-                return time.perf_counter() - t0, time.process_time() - c0
 
-            def full() -> tuple[float, float]:
-                t0, c0 = time.perf_counter(), time.process_time()
-                extract_features(model, paths, **kw)
-                return time.perf_counter() - t0, time.process_time() - c0
-
-            # Warm-up both (oneDNN primitive creation, page cache), then alternate the two paths so
-            # that load from other processes hits both alike; the best of each is kept.
-            extract_features(model, paths[: args.batch_size], **kw)
+            # Warm-up all (oneDNN primitive creation, page cache), then alternate the paths so
+            # that load from other processes hits them alike; the best of each is kept.
+            f_old = extract_features(model, paths[: 2 * args.batch_size], **old_kw)
+            f_new = extract_features(model, paths[: 2 * args.batch_size], **kw)
             run(batches[0])
-            full_times, bare_times = [], []
+            extract_features(model, paths[: 2 * args.batch_size], **inline_kw)
+            times = {"old": [], "new": [], "inline": [], "bare": []}
             for _ in range(args.repeats):
-                full_times.append(full())
-                bare_times.append(bare())
+                times["old"].append(timed(lambda: extract_features(model, paths, **old_kw)))
+                times["new"].append(timed(lambda: extract_features(model, paths, **kw)))
+                times["inline"].append(timed(lambda: extract_features(model, paths, **inline_kw)))
+                times["bare"].append(timed(bare))
 
-    full_ips = len(paths) / min(t for t, _ in full_times)
-    bare_ips = len(paths) / min(t for t, _ in bare_times)
-    # CPU seconds of this process (all its threads): less sensitive to other processes' load.
-    full_cpu = len(paths) / min(c for _, c in full_times)
-    bare_cpu = len(paths) / min(c for _, c in bare_times)
+    n = len(paths)
+    ips = {k: n / min(t for t, _ in v) for k, v in times.items()}
+    cps = {k: n / min(c for _, c in v) for k, v in times.items()}
     result = {
         "bench": "extract",
         "backbone": args.backbone,
         "height": args.height,
         "width": args.width,
         "batch_size": args.batch_size,
-        "n_images": len(paths),
+        "n_images": n,
         "bf16": bool(bf16_used),
         "channels_last": bool(cl),
         "device": str(dev),
         "num_workers": args.num_workers,
         "torch_threads": torch.get_num_threads(),
-        "full_images_per_s": round(full_ips, 1),
-        "bare_forward_images_per_s": round(bare_ips, 1),
-        "ratio": round(full_ips / bare_ips, 3),
-        "full_images_per_cpu_s": round(full_cpu, 1),
-        "bare_forward_images_per_cpu_s": round(bare_cpu, 1),
-        "cpu_ratio": round(full_cpu / bare_cpu, 3),
+        "old_images_per_s": round(ips["old"], 1),
+        "new_images_per_s": round(ips["new"], 1),
+        "inline_images_per_s": round(ips["inline"], 1),
+        "bare_forward_images_per_s": round(ips["bare"], 1),
+        "speedup": round(ips["new"] / ips["old"], 3),
+        "inline_speedup": round(ips["inline"] / ips["old"], 3),
+        "ratio": round(ips["new"] / ips["bare"], 3),
+        "old_images_per_cpu_s": round(cps["old"], 1),
+        "new_images_per_cpu_s": round(cps["new"], 1),
+        "bare_forward_images_per_cpu_s": round(cps["bare"], 1),
+        "cpu_speedup": round(cps["new"] / cps["old"], 3),
+        "max_abs_feature_diff": float(np.abs(f_new - f_old).max()),
+        "repeats": args.repeats,
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "images": source,
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
     }
     print(json.dumps(result), flush=True)

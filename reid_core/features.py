@@ -6,8 +6,9 @@ The pipeline keeps the model busy:
   Market-1501 and ~2.5x cheaper; other formats: PIL) and resized with PIL's bicubic filter, as
   ``reid_core.data.transforms.build_eval_transform`` does (as in Cluster-Contrast), into a uint8
   (B, H, W, 3) batch. With ``num_workers=0`` one background thread prepares the next batches while
-  the model runs the current one (the decoders release the GIL); with ``num_workers > 0`` a
-  ``DataLoader`` with that many worker processes does it (for a GPU machine with many cores).
+  the model runs the current one (``decode="thread"``, the default; the decoders release the GIL)
+  or the calling thread decodes each batch before its forward (``decode="inline"``); with ``num_workers > 0`` a ``DataLoader`` with that many worker
+  processes does it (for a GPU machine with many cores).
 * the uint8 batch goes to the device as is (4x fewer bytes than float) and is normalised there with
   ImageNet mean/std by torch's intra-op threads. The permuted (B, 3, H, W) view is already in
   channels_last layout, which oneDNN prefers on CPU. Measured CPU cost per 128x64 Market JPEG:
@@ -44,6 +45,8 @@ from .models.inference import inference_copy
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _JPEG_MAGIC = b"\xff\xd8\xff"
+#: how ``extract_features`` decodes without worker processes (see its docstring)
+DECODE_MODES = ("inline", "thread")
 
 __all__ = ["extract_features", "load_image_uint8", "decode_batch", "normalize_uint8_batch", "inference_runner"]
 
@@ -171,21 +174,38 @@ def _use_channels_last(device: torch.device, bf16: bool) -> bool:
     return device.type == "cpu" or bf16
 
 
+def _bf16_resident_weights_(net: nn.Module) -> int:
+    """Store the weights of the convs that autocast runs in bf16 as bf16 (the fp32 islands,
+    ``FP32Conv2d``, keep theirs): autocast would cast them again at every forward (one copy of
+    every weight per batch, not cached outside autograd); the cast is the same, so the features
+    are bit-identical. Returns the number of convs converted."""
+    n = 0
+    for m in net.modules():
+        if type(m) is nn.Conv2d:
+            m.to(torch.bfloat16)
+            n += 1
+    return n
+
+
 @contextlib.contextmanager
 def inference_runner(model: nn.Module, device: str | torch.device = "auto", bf16: bool | str = "auto",
-                     fuse_bn: bool = True) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+                     fuse_bn: bool = True,
+                     bf16_weights: bool = True) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """Yield ``run(x) -> float32 L2-normalised (B, D)`` backed by an inference copy of ``model``.
 
     ``x`` is a normalised float (B, 3, H, W) batch already on the device. ``model`` itself is not
     changed (mode, device, layout): the forward runs on ``reid_core.models.inference.inference_copy``
     (eval mode, conv+BN folded, bf16-sensitive convs kept in fp32), moved to the device and, on CPU
-    or with bf16, to channels_last layout. Shared by :func:`extract_features` and
+    or with bf16, to channels_last layout. With bf16 and ``bf16_weights`` the other convs keep
+    their weights in bf16 (bit-identical features, no per-batch weight casts). Shared by :func:`extract_features` and
     ``bench/extract.py`` so both time the same forward.
     """
     dev = pick_device(device)
     use_bf16 = resolve_bf16(bf16, dev)
     channels_last = _use_channels_last(dev, use_bf16)
     net = inference_copy(model, bf16=use_bf16, fuse_bn=fuse_bn).to(dev)
+    if use_bf16 and bf16_weights:
+        _bf16_resident_weights_(net)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
 
@@ -214,7 +234,8 @@ def _feature_dim(model: nn.Module) -> int | None:
 
 def extract_features(model: nn.Module, paths: Sequence[str | os.PathLike], height: int = 256, width: int = 128,
                      batch_size: int = 128, device: str | torch.device = "auto", flip: bool = False,
-                     bf16: bool | str = "auto", num_workers: int = 0, progress: bool = True) -> np.ndarray:
+                     bf16: bool | str = "auto", num_workers: int = 0, progress: bool = True,
+                     decode: str = "thread", bf16_weights: bool = True) -> np.ndarray:
     """Features of the images at ``paths``: float32 (N, D), rows L2-normalised, in ``paths`` order.
 
     Images are resized to (``height``, ``width``) (bicubic, as ``build_eval_transform``) and
@@ -222,9 +243,14 @@ def extract_features(model: nn.Module, paths: Sequence[str | os.PathLike], heigh
     if present) through an inference copy, so ``model`` itself is not changed.
     ``flip=True`` averages each feature with the feature of the horizontally flipped image, then
     re-normalises. ``bf16="auto"`` uses bf16 autocast where the device supports it.
-    ``num_workers=0`` decodes in one background thread (prefetching); ``> 0`` uses a DataLoader
-    with that many worker processes. An empty ``paths`` returns a (0, D) array (D = ``model.feat_dim``;
-    a model without ``feat_dim`` raises ``ValueError`` for empty input).
+    ``num_workers=0`` decodes in one background thread that prefetches while the model runs
+    (``decode="thread"``, the default) or in the calling thread right before each batch's forward
+    (``decode="inline"``: no thread beside torch's intra-op threads; measured 7% slower on a busy
+    2-core EPYC, kept as an option for machines where the overlap does not pay); ``> 0`` uses a
+    DataLoader with that many worker processes.
+    ``bf16_weights``: see :func:`inference_runner` (same features either way).
+    An empty ``paths`` returns a (0, D) array (D = ``model.feat_dim``; a model without
+    ``feat_dim`` raises ``ValueError`` for empty input).
     Unreadable or missing images raise an error naming the file.
     """
     if height <= 0 or width <= 0:
@@ -233,6 +259,8 @@ def extract_features(model: nn.Module, paths: Sequence[str | os.PathLike], heigh
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
     paths = [os.fspath(p) for p in paths]
     n = len(paths)
     if n == 0:
@@ -242,12 +270,14 @@ def extract_features(model: nn.Module, paths: Sequence[str | os.PathLike], heigh
         return np.zeros((0, dim), dtype=np.float32)
 
     out: np.ndarray | None = None
-    with inference_runner(model, device, bf16) as run:
+    with inference_runner(model, device, bf16, bf16_weights=bf16_weights) as run:
         dev = run.device  # type: ignore[attr-defined]
         if num_workers > 0:
             batches = _loader_batches(paths, height, width, batch_size, num_workers, pin_memory=dev.type == "cuda")
-        else:
+        elif decode == "thread":
             batches = _thread_batches(paths, height, width, batch_size)
+        else:
+            batches = (decode_batch(paths[s:s + batch_size], height, width) for s in range(0, n, batch_size))
         start = 0
         with tqdm(total=n, desc="extract features", unit="img", disable=not progress) as bar:
             try:

@@ -144,7 +144,7 @@ def train_supervised_epoch(model: nn.Module, objective: Objective, paths: Sequen
     per iteration: epoch, iteration, loss, one ``loss_<term>`` column per term, lr, seconds,
     images_per_s.
     """
-    from .train import _epoch_seed, _resolve_channels_last, build_train_loader
+    from .train import _epoch_seed, _resolve_channels_last, fp32_strided_depthwise, train_batches
 
     labels = np.asarray(labels, dtype=np.int64)
     if labels.ndim != 1 or len(labels) != len(paths):
@@ -161,34 +161,36 @@ def train_supervised_epoch(model: nn.Module, objective: Objective, paths: Sequen
         model.to(memory_format=torch.channels_last)
     model.train()
     objective.train()
-    loader = build_train_loader(paths, labels, camids, cfg, epoch, pin_memory=device.type == "cuda")
+    loader = train_batches(paths, labels, camids, cfg, epoch, device)
     rows = []
     bar = tqdm(total=cfg.iters, desc=f"supervised epoch {epoch}", disable=not progress, leave=False)
     t_prev = time.perf_counter()
+    islands = fp32_strided_depthwise(model, enabled=use_bf16 and bool(getattr(cfg, "fp32_strided_dw", False)))
     try:
-        for i, (imgs, labs, _) in enumerate(loader):
-            imgs = imgs.to(device, non_blocking=True)
-            if channels_last:
-                imgs = imgs.contiguous(memory_format=torch.channels_last)
-            labs = labs.to(device, non_blocking=True)
-            with autocast(device, use_bf16):
-                out = model(imgs, return_dict=True)
-            loss, stats = objective(out, labs)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"train_supervised_epoch: loss {loss.item()} at epoch {epoch}, iteration {i}: {stats}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            t_end = time.perf_counter()
-            seconds = t_end - t_prev
-            rows.append({"epoch": int(epoch), "iteration": i, "global_iteration": int(epoch) * cfg.iters + i,
-                         "loss": float(loss.detach()), **stats, "lr": float(optimizer.param_groups[0]["lr"]),
-                         "seconds": seconds, "images_per_s": imgs.shape[0] / seconds if seconds > 0 else math.nan})
-            t_prev = t_end
-            bar.update(1)
-            bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
-            if on_progress is not None:
-                on_progress((i + 1) / cfg.iters)
+        with islands:
+            for i, (imgs, labs, _) in enumerate(loader):
+                imgs = imgs.to(device, non_blocking=True)
+                # one layout for both data paths (the memory path's batches come channels_last-strided)
+                imgs = imgs.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                labs = labs.to(device, non_blocking=True)
+                with autocast(device, use_bf16):
+                    out = model(imgs, return_dict=True)
+                loss, stats = objective(out, labs)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"train_supervised_epoch: loss {loss.item()} at epoch {epoch}, iteration {i}: {stats}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                t_end = time.perf_counter()
+                seconds = t_end - t_prev
+                rows.append({"epoch": int(epoch), "iteration": i, "global_iteration": int(epoch) * cfg.iters + i,
+                             "loss": float(loss.detach()), **stats, "lr": float(optimizer.param_groups[0]["lr"]),
+                             "seconds": seconds, "images_per_s": imgs.shape[0] / seconds if seconds > 0 else math.nan})
+                t_prev = t_end
+                bar.update(1)
+                bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
+                if on_progress is not None:
+                    on_progress((i + 1) / cfg.iters)
     finally:
         bar.close()
     return pd.DataFrame(rows)
@@ -196,4 +198,6 @@ def train_supervised_epoch(model: nn.Module, objective: Objective, paths: Sequen
 
 def build_supervised_optimizer(model: nn.Module, objective: Objective, cfg) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad] + [p for p in objective.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from .train import adam_options
+
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **adam_options(params, cfg))

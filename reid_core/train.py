@@ -40,6 +40,10 @@ from reid_core.losses.camera_proxy import CameraProxyMemory
 from reid_core.losses.cluster_memory import MEMORY_MODES, ClusterMemory
 from reid_core.losses.ise_loss import ISELoss
 
+#: ``"memory"``: images decoded once into a uint8 store, batch augmentation in the main process
+#: (:mod:`reid_core.data.batch_augment`); ``"loader"``: DataLoader + per-image torchvision transforms
+TRAIN_DATA_PATHS = ("memory", "loader")
+
 LOG_COLUMNS = ["epoch", "iteration", "global_iteration", "loss", "loss_memory", "loss_lp", "lambda",
                "mean_cos_support", "lr", "seconds", "data_seconds", "images_per_s"]
 
@@ -72,6 +76,13 @@ class TrainConfig:
     batch, behind the model step - the wait for a batch drops to ~0.03 s - and measured at least as
     fast as 0; seeded from ``(seed, epoch)`` so runs stay reproducible), ``use_camids`` (the P x K sampler prefers
     other cameras of the same cluster when camera ids are known).
+    Speed (none of them changes what is trained on; each can be switched off for the plain path):
+    ``train_data`` (``"memory"``: each image decoded once per process into a uint8 store, flip /
+    pad + crop / erasing done on the whole batch in the main process, no worker process,
+    ``num_workers`` unused; ``"loader"``: the DataLoader path above), ``fused_adam`` (Adam's fused
+    kernel: one pass over all parameters instead of ~10 small ops per tensor), ``fp32_strided_dw``
+    (under bf16, the stride-2 depthwise convs run in float32: their bf16 backward is a slow oneDNN
+    path on CPU, ~3x slower than fp32).
     """
 
     height: int = 256
@@ -109,6 +120,9 @@ class TrainConfig:
     cam_temp: float = 0.07
     cam_momentum: float = 0.2
     cam_hard_negatives: int = 50
+    train_data: str = "memory"
+    fused_adam: bool = True
+    fp32_strided_dw: bool = True
 
     @property
     def camera_proxies(self) -> bool:
@@ -120,6 +134,8 @@ class TrainConfig:
             v = getattr(self, name)
             if int(v) != v or v < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+        if self.train_data not in TRAIN_DATA_PATHS:
+            raise ValueError(f"TrainConfig.train_data must be one of {TRAIN_DATA_PATHS}, got {self.train_data!r}")
         if self.num_workers < 0:
             raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers}")
         if self.memory_mode not in MEMORY_MODES:
@@ -160,7 +176,26 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model: no parameter requires a gradient")
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **adam_options(params, cfg))
+
+
+def adam_options(params, cfg: TrainConfig) -> dict[str, Any]:
+    """``{"fused": True}`` when ``cfg.fused_adam`` and every parameter is a floating-point tensor
+    on a device with a fused Adam kernel (CPU, CUDA), else ``{}`` (torch's default)."""
+    ok = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return {"fused": True} if getattr(cfg, "fused_adam", False) and ok else {}
+
+
+def set_adam_options_(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Re-apply ``cfg.fused_adam`` after ``optimizer.load_state_dict`` (which restores the saved
+    param groups' ``fused`` flag, e.g. of a checkpoint written by the plain path)."""
+    if not isinstance(optimizer, torch.optim.Adam):
+        return
+    for group in optimizer.param_groups:
+        fused = bool(adam_options(group["params"], cfg))
+        group["fused"] = fused
+        if fused:
+            group["foreach"] = None
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
@@ -224,9 +259,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1)
 
 
-def build_train_loader(paths: Sequence[str], labels, camids, cfg: TrainConfig, epoch: int,
-                       pin_memory: bool = False) -> DataLoader:
-    """The epoch's DataLoader: P x K sampler (``cfg.iters`` batches, seeded by ``(seed, epoch)``)."""
+def epoch_sampler(labels, camids, cfg: TrainConfig, epoch: int) -> PKSampler:
+    """The epoch's P x K sampler (``cfg.iters`` batches, seeded by ``(seed, epoch)``); camera-aware
+    when ``cfg.use_camids`` and every camera id is known."""
     labels = np.asarray(labels, dtype=np.int64)
     cams = None
     if cfg.use_camids and camids is not None:
@@ -237,11 +272,77 @@ def build_train_loader(paths: Sequence[str], labels, camids, cfg: TrainConfig, e
             cams = None  # unknown cameras: plain P x K sampling
     sampler = PKSampler(labels, camids=cams, p=cfg.p, k=cfg.k, num_iterations=cfg.iters, seed=cfg.seed)
     sampler.set_epoch(epoch)
+    return sampler
+
+
+def build_train_loader(paths: Sequence[str], labels, camids, cfg: TrainConfig, epoch: int,
+                       pin_memory: bool = False) -> DataLoader:
+    """The epoch's DataLoader: P x K sampler (``cfg.iters`` batches, seeded by ``(seed, epoch)``)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    sampler = epoch_sampler(labels, camids, cfg, epoch)
     dataset = TrainDataset(paths, labels, build_train_transform(cfg.height, cfg.width))
     gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
     return DataLoader(dataset, sampler=sampler, batch_size=sampler.batch_size, drop_last=False,
                       num_workers=int(cfg.num_workers), pin_memory=pin_memory, generator=gen,
                       persistent_workers=False, multiprocessing_context=loader_context(int(cfg.num_workers)))
+
+
+def train_batches(paths: Sequence[str], labels, camids, cfg: TrainConfig, epoch: int, device: torch.device):
+    """The epoch's batches ``(images (B, 3, H, W) float32, labels (B,), dataset indices (B,))``:
+    ``cfg.iters`` P x K batches (same indices on both paths), augmented by the ``cfg.train_data`` path.
+
+    ``"memory"`` draws the augmentation from a generator seeded by ``(seed, epoch)``, so an epoch
+    is reproducible; ``"loader"`` is :func:`build_train_loader`."""
+    if cfg.train_data == "loader":
+        return build_train_loader(paths, labels, camids, cfg, epoch, pin_memory=device.type == "cuda")
+    from reid_core.data.batch_augment import BatchAugment, image_store
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(paths):
+        raise ValueError(f"labels: need one label per path ({len(paths)} paths, {len(labels)} labels)")
+    sampler = epoch_sampler(labels, camids, cfg, epoch)  # the loader path's batches, index for index
+    store = image_store(paths, cfg.height, cfg.width)
+    augment = BatchAugment(cfg.height, cfg.width)
+    gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+
+    def batches():
+        for idx in sampler.batches():
+            idx = np.asarray(idx, dtype=np.int64)
+            yield augment(store.batch(idx), gen), torch.from_numpy(labels[idx]), torch.from_numpy(idx)
+
+    return batches()
+
+
+def _strided_depthwise_convs(model: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    return [m for m in model.modules() if type(m) is torch.nn.Conv2d and m.groups > 1
+            and m.groups == m.in_channels and max(m.stride) > 1]
+
+
+class _FP32Conv2d(torch.nn.Conv2d):
+    """A Conv2d that runs in float32 inside bf16 autocast (same parameters; set by class swap)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+class fp32_strided_depthwise:
+    """Context manager: while active, the stride-2 depthwise convs of ``model`` run in float32.
+
+    Swaps their class for the duration (parameters, state-dict keys and the optimizer's references
+    stay the same) and restores it on exit. Only MobileNetV2 has such convs here."""
+
+    def __init__(self, model: torch.nn.Module, enabled: bool = True) -> None:
+        self.convs = _strided_depthwise_convs(model) if enabled else []
+
+    def __enter__(self):
+        for m in self.convs:
+            m.__class__ = _FP32Conv2d
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m in self.convs:
+            m.__class__ = torch.nn.Conv2d
 
 
 def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, memory: ClusterMemory,
@@ -304,7 +405,7 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
     if extra_loss is not None:
         extra_loss.to(device)
         extra_loss.train()
-    loader = build_train_loader(paths, labels, camids, cfg, epoch, pin_memory=device.type == "cuda")
+    loader = train_batches(paths, labels, camids, cfg, epoch, device)
     cam_all = None
     if camera_memory is not None:
         if camids is None:
@@ -316,57 +417,59 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
     rows = []
     bar = tqdm(total=cfg.iters, desc=f"train epoch {epoch}", disable=not progress, leave=False)
     t_prev = time.perf_counter()
+    islands = fp32_strided_depthwise(model, enabled=use_bf16 and bool(cfg.fp32_strided_dw))
     try:
-        for i, (imgs, labs, idx) in enumerate(loader):
-            t_data = time.perf_counter()
-            imgs = imgs.to(device, non_blocking=True)
-            if channels_last:
-                imgs = imgs.contiguous(memory_format=torch.channels_last)
-            labs = labs.to(device, non_blocking=True)
-            t = int(epoch) * cfg.iters + i
-            with autocast(device, use_bf16):
-                if extra_loss is None:
-                    out, feats = None, model(imgs)
-                else:
-                    out = model(imgs, return_dict=True)
-                    feats = out["bn_feat"]  # what model(imgs) returns in train mode
-            loss, stats = criterion(feats.float(), labs, min(t, T), T, active=t >= int(cfg.ise_start))
-            extra_stats: dict[str, float] = {}
-            if camera_memory is not None:
-                cams = cam_all[torch.as_tensor(idx)].to(device)
-                cam_loss, cam_stats = camera_memory(feats.float(), labs, cams)
-                camera_memory.update(feats.detach().float(), labs, cams)
-                loss = loss + cam_loss
-                extra_stats.update(cam_stats)
-            if extra_loss is not None:
-                extra_value, more_stats = extra_loss(out, labs)
-                extra_stats.update(more_stats)
-                loss = loss + extra_value
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"train_epoch: loss is {loss.item()} at epoch {epoch}, iteration {i} "
-                                         f"(memory loss {stats['loss_memory']}, lp {stats['loss_lp']}"
-                                         f"{', ' + str(extra_stats) if extra_stats else ''})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_value = float(loss.detach())
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t_end = time.perf_counter()
-            seconds = t_end - t_prev
-            rows.append({
-                "epoch": int(epoch), "iteration": i, "global_iteration": t, "loss": loss_value,
-                "loss_memory": stats["loss_memory"], "loss_lp": stats["loss_lp"], "lambda": stats["lambda"],
-                "mean_cos_support": stats["mean_cos_support"], "lr": float(optimizer.param_groups[0]["lr"]),
-                "seconds": seconds, "data_seconds": t_data - t_prev,
-                "images_per_s": imgs.shape[0] / seconds if seconds > 0 else math.nan,
-                **{k: float(v) for k, v in extra_stats.items()},
-            })
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", ips=f"{rows[-1]['images_per_s']:.0f}")
-            t_prev = t_end
-            if on_progress is not None:
-                on_progress((i + 1) / cfg.iters)
+        with islands:
+            for i, (imgs, labs, idx) in enumerate(loader):
+                t_data = time.perf_counter()
+                imgs = imgs.to(device, non_blocking=True)
+                # one layout for both data paths (the memory path's batches come channels_last-strided)
+                imgs = imgs.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                labs = labs.to(device, non_blocking=True)
+                t = int(epoch) * cfg.iters + i
+                with autocast(device, use_bf16):
+                    if extra_loss is None:
+                        out, feats = None, model(imgs)
+                    else:
+                        out = model(imgs, return_dict=True)
+                        feats = out["bn_feat"]  # what model(imgs) returns in train mode
+                loss, stats = criterion(feats.float(), labs, min(t, T), T, active=t >= int(cfg.ise_start))
+                extra_stats: dict[str, float] = {}
+                if camera_memory is not None:
+                    cams = cam_all[torch.as_tensor(idx)].to(device)
+                    cam_loss, cam_stats = camera_memory(feats.float(), labs, cams)
+                    camera_memory.update(feats.detach().float(), labs, cams)
+                    loss = loss + cam_loss
+                    extra_stats.update(cam_stats)
+                if extra_loss is not None:
+                    extra_value, more_stats = extra_loss(out, labs)
+                    extra_stats.update(more_stats)
+                    loss = loss + extra_value
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"train_epoch: loss is {loss.item()} at epoch {epoch}, iteration {i} "
+                                             f"(memory loss {stats['loss_memory']}, lp {stats['loss_lp']}"
+                                             f"{', ' + str(extra_stats) if extra_stats else ''})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_value = float(loss.detach())
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t_end = time.perf_counter()
+                seconds = t_end - t_prev
+                rows.append({
+                    "epoch": int(epoch), "iteration": i, "global_iteration": t, "loss": loss_value,
+                    "loss_memory": stats["loss_memory"], "loss_lp": stats["loss_lp"], "lambda": stats["lambda"],
+                    "mean_cos_support": stats["mean_cos_support"], "lr": float(optimizer.param_groups[0]["lr"]),
+                    "seconds": seconds, "data_seconds": t_data - t_prev,
+                    "images_per_s": imgs.shape[0] / seconds if seconds > 0 else math.nan,
+                    **{k: float(v) for k, v in extra_stats.items()},
+                })
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}", ips=f"{rows[-1]['images_per_s']:.0f}")
+                t_prev = t_end
+                if on_progress is not None:
+                    on_progress((i + 1) / cfg.iters)
     finally:
         bar.close()
     df = pd.DataFrame(rows)
@@ -374,5 +477,6 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
     return df.reindex(columns=LOG_COLUMNS + extra_cols)
 
 
-__all__ = ["LOG_COLUMNS", "TrainConfig", "build_ise", "build_memory", "build_optimizer", "build_scheduler",
-           "build_camera_memory", "build_train_loader", "ise_horizon", "train_epoch"]
+__all__ = ["LOG_COLUMNS", "TRAIN_DATA_PATHS", "TrainConfig", "adam_options", "build_camera_memory", "build_ise",
+           "build_memory", "build_optimizer", "build_scheduler", "build_train_loader", "epoch_sampler",
+           "fp32_strided_depthwise", "ise_horizon", "set_adam_options_", "train_batches", "train_epoch"]

@@ -10,4 +10,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+# compile the Jaccard kernel (numba) once now and cache it, so no run waits 15-30 s for it
+"$VENV/bin/python" -c "from reid_core.cluster.jaccard import warm_up_kernel; warm_up_kernel()"
 echo "installed into $VENV"

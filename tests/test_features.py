@@ -254,3 +254,39 @@ def test_pil_fallback_when_torchvision_decoder_missing(monkeypatch, model, image
     monkeypatch.setattr(features, "decode_jpeg", None)
     slow = extract_features(model, image_paths, **kw)
     np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not cpu_supports_bf16(), reason="CPU without bf16"))])
+def test_new_extraction_path_gives_the_old_features_exactly(image_paths, bf16):
+    """bf16-resident conv weights (new default) and inline decoding against the prefetch thread +
+    autocast's per-batch weight casts (old): the same casts and the same kernels, so the same bits."""
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", pretrained=True)
+    kw = dict(height=32, width=16, batch_size=3, device="cpu", bf16=bf16, progress=False)
+    new = extract_features(model, image_paths, **kw)
+    inline = extract_features(model, image_paths, decode="inline", **kw)
+    old = extract_features(model, image_paths, decode="thread", bf16_weights=False, **kw)
+    assert np.array_equal(new, old) and np.array_equal(inline, old)
+    if bf16:  # and the bf16 path really ran in bf16: the features differ from fp32 ones
+        fp32 = extract_features(model, image_paths, **dict(kw, bf16=False))
+        assert not np.array_equal(new, fp32)
+        assert float((new * fp32).sum(axis=1).min()) > 0.99
+
+
+def test_bf16_resident_weights_only_on_autocast_convs():
+    from reid_core.features import inference_runner
+    from reid_core.models.inference import FP32Conv2d
+
+    model = build_model("mobilenet_v2", pretrained=True)
+    with inference_runner(model, "cpu", bf16=True) as run:
+        convs = [m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        islands = [m for m in convs if isinstance(m, FP32Conv2d)]
+        assert islands and all(m.weight.dtype == torch.float32 for m in islands)
+        assert all(m.weight.dtype == torch.bfloat16 for m in convs if type(m) is torch.nn.Conv2d)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the caller's model untouched
+
+
+def test_bad_decode_option(model, image_paths):
+    with pytest.raises(ValueError, match="decode"):
+        extract_features(model, image_paths, height=32, width=16, decode="gpu", progress=False)

@@ -180,3 +180,138 @@ def test_camera_proxies_add_their_losses(images):
     assert build_camera_memory(feats, labels, None, cfg) is None
     assert build_camera_memory(feats, labels, np.full(len(labels), -1), cfg) is None
     assert build_camera_memory(feats, labels, camids, _cfg()) is None  # weights 0: off
+
+
+def _no_augmentation(monkeypatch):
+    """Switch flip / pad + crop / erasing off on both data paths, so both see the same pixels."""
+    import functools
+
+    import reid_core.data.batch_augment as batch_augment
+    import reid_core.train as train
+
+    monkeypatch.setattr(train, "build_train_transform",
+                        functools.partial(train.build_train_transform, flip_p=0, pad=0, erase_p=0))
+    monkeypatch.setattr(batch_augment, "BatchAugment",
+                        functools.partial(batch_augment.BatchAugment, flip_p=0, pad=0, erase_p=0))
+
+
+FAST = dict(train_data="memory", fused_adam=True, fp32_strided_dw=True)
+PLAIN = dict(train_data="loader", fused_adam=False, fp32_strided_dw=False)
+
+
+def test_memory_data_path_gives_the_plain_losses_exactly(images, monkeypatch):
+    """Same batches, augmentation off, fp32: the uint8 store + batched preprocessing feeds the
+    model bit-identical pixels, so every loss of the first iterations is the same float."""
+    _no_augmentation(monkeypatch)
+    common = dict(iters=4, bf16=False, use_ise=False, fused_adam=False)
+    fast = _run(images, _cfg(**common, train_data="memory"), epoch=0)[0]
+    plain = _run(images, _cfg(**common, train_data="loader"), epoch=0)[0]
+    assert fast["loss"].tolist() == plain["loss"].tolist()
+    other = _run(images, _cfg(**common, train_data="memory", seed=8), epoch=0)[0]  # other batches
+    assert other["loss"].tolist() != plain["loss"].tolist()
+
+
+def test_fast_path_same_losses_as_plain_path_fp32(images, monkeypatch):
+    """The whole fast path (memory data + fused Adam) against the plain path, fp32: the same loss
+    over the first 3 iterations within 1e-4 relative (the fused kernel rounds differently; these
+    4-image batches of a random-init net amplify rounding quickly, so later iterations drift)."""
+    _no_augmentation(monkeypatch)
+    common = dict(iters=3, bf16=False, use_ise=False)
+    fast = _run(images, _cfg(**common, **FAST), epoch=0)
+    plain = _run(images, _cfg(**common, **PLAIN), epoch=0)
+    np.testing.assert_allclose(fast[0]["loss"], plain[0]["loss"], rtol=1e-4)
+    other = _run(images, _cfg(**common, **FAST, seed=8), epoch=0)[0]
+    assert not np.allclose(other["loss"], plain[0]["loss"], rtol=1e-4)
+
+
+def test_fused_adam_step_matches_plain_adam():
+    """One and five steps of the fused Adam against torch's for-loop Adam on the same gradients."""
+    torch.manual_seed(0)
+    shapes = [(32, 3, 3, 3), (32,), (1280, 320)]
+    init = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(5)]
+    runs = []
+    for fused in (False, True):
+        params = [torch.nn.Parameter(t.clone()) for t in init]
+        cfg = _cfg(fused_adam=fused)
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               **__import__("reid_core.train", fromlist=["adam_options"]).adam_options(params, cfg))
+        assert opt.param_groups[0]["fused"] is (True if fused else None)
+        for g in grads:
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+        runs.append(params)
+    for a, b, t in zip(*runs, init):
+        assert not torch.equal(a, t)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_fp32_islands_bring_bf16_features_closer_to_fp32(images):
+    """bf16 training forward with and without the fp32 stride-2 depthwise convs, against fp32:
+    the islands must not move the features away from fp32 (they are more precise, not different)."""
+    from reid_core.data.batch_augment import ImageStore
+    from reid_core.train import fp32_strided_depthwise
+
+    paths = images[0]
+    store = ImageStore(paths, 64, 32)
+    x = (store.batch(np.arange(len(paths))).permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.225
+    x = x.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", pretrained=True).train().to(memory_format=torch.channels_last)
+    with torch.no_grad():  # the pooled feature (the train-mode BN neck re-scales by batch statistics)
+        ref = model(x, return_dict=True)["feat"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = model(x, return_dict=True)["feat"].float()
+            with fp32_strided_depthwise(model):
+                islands = model(x, return_dict=True)["feat"].float()
+
+    def err(f):
+        return float((1 - torch.nn.functional.cosine_similarity(f, ref, dim=1)).max())
+
+    print("max 1 - cosine to fp32: bf16", err(plain), "bf16 + fp32 islands", err(islands))
+    assert err(islands) <= err(plain) * 1.05 + 1e-6
+
+
+def test_checkpoint_optimizer_state_keeps_the_configured_adam():
+    from reid_core.train import set_adam_options_
+
+    model = torch.nn.Linear(3, 2)
+    plain = build_optimizer(model, _cfg(fused_adam=False))
+    fused = build_optimizer(model, _cfg(fused_adam=True))
+    fused.load_state_dict(plain.state_dict())  # restores the writer's flags
+    assert not fused.param_groups[0]["fused"]
+    set_adam_options_(fused, _cfg(fused_adam=True))
+    assert fused.param_groups[0]["fused"] is True
+    model(torch.randn(4, 3)).sum().backward()
+    fused.step()
+
+
+def test_fast_path_reproducible_and_augments(images):
+    a = _run(images, _cfg(**FAST))[0]
+    b = _run(images, _cfg(**FAST))[0]
+    assert a["loss"].tolist() == b["loss"].tolist()
+    c = _run(images, _cfg(**FAST, seed=8))[0]
+    assert a["loss"].tolist() != c["loss"].tolist()
+
+
+def test_train_data_option_checked():
+    with pytest.raises(ValueError, match="train_data"):
+        TrainConfig(train_data="disk")
+
+
+def test_fp32_strided_depthwise_islands():
+    from reid_core.train import fp32_strided_depthwise
+
+    model = build_model("mobilenet_v2", pretrained=False)
+    params = list(model.parameters())
+    with fp32_strided_depthwise(model) as islands:
+        assert len(islands.convs) == 3  # stride-2 depthwise convs of MobileNetV2 with last stride 1
+        x = torch.randn(2, 3, 64, 32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = islands.convs[0](torch.randn(2, islands.convs[0].in_channels, 16, 8, dtype=torch.bfloat16))
+        assert out.dtype == torch.float32
+        model(x)
+    assert all(type(c) is torch.nn.Conv2d for c in islands.convs)
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    assert not fp32_strided_depthwise(build_model("resnet50", pretrained=False)).convs

@@ -258,6 +258,20 @@ def _numba_kernel():
     return kernel
 
 
+def warm_up_kernel() -> bool:
+    """Compile the numba kernel now (and write numba's on-disk cache: ``__pycache__`` next to this
+    file, or numba's user-wide cache dir when that is not writable, or ``NUMBA_CACHE_DIR``), so the
+    first clustering of a run does not wait for it; ``scripts/install.sh`` calls this. The first
+    compile takes 15-30 s on 2 cores; later processes load the cached machine code in ~2 s.
+    Returns False when numba is not installed (the numpy kernel needs no compiling)."""
+    if _numba_kernel() is None:
+        return False
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    compute_jaccard_distance(x, k1=8, k2=3, backend="numba", max_distance=0.6)  # same argument types as a run
+    compute_jaccard_distance(x, k1=8, k2=3, backend="numba")
+    return True
+
+
 def _jaccard_numba(kernel, va, csc, nb, max_dist, square, progress, n_threads):
     import os
     from concurrent.futures import ThreadPoolExecutor

@@ -84,12 +84,25 @@ class RunConfig:
     extract_batch_size: int = 128
     flip: bool = False
     rerank: bool = False
+    # throughput (reid_core.train.TrainConfig): "memory" = decode once, batch augmentation in the main
+    # process ("loader" = DataLoader + per-image transforms); fused Adam; fp32 stride-2 depthwise convs
+    train_data: str = "memory"
+    fused_adam: bool = True
+    fp32_strided_dw: bool = True
+    # extraction: decode in a prefetch thread ("thread") or in the calling thread ("inline"); bf16 convs
+    # keep bf16 weights instead of autocast casting them every batch (false = the old path; same features)
+    extract_decode: str = "thread"
+    extract_bf16_weights: bool = True
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"RunConfig.dataset: {self.dataset!r} is not one of {DATASETS}")
         if self.cluster_method not in CLUSTER_METHODS:
             raise ValueError(f"RunConfig.cluster_method: {self.cluster_method!r} is not one of {CLUSTER_METHODS}")
+        if self.extract_decode not in ("inline", "thread"):  # reid_core.features.DECODE_MODES
+            raise ValueError(f"RunConfig.extract_decode: {self.extract_decode!r} must be 'inline' or 'thread'")
+        if self.train_data not in ("memory", "loader"):  # reid_core.train.TRAIN_DATA_PATHS
+            raise ValueError(f"RunConfig.train_data: {self.train_data!r} must be 'memory' or 'loader'")
         if self.mode not in ("unsupervised", "supervised"):
             raise ValueError(f"RunConfig.mode: {self.mode!r} must be 'unsupervised' or 'supervised'")
         for name in ("rounds", "p", "k", "iters", "height", "width", "min_samples", "k1", "k2"):

@@ -126,7 +126,8 @@ def extract_features_stage(images_path: str | Path, checkpoint_path: str | Path 
         model = _build_or_load_model(checkpoint_path, cfg, device)
         feats = extract_features(model, subset["path"].tolist(), height=cfg.height, width=cfg.width,
                                  batch_size=cfg.extract_batch_size, device=device, flip=cfg.flip,
-                                 bf16=cfg.bf16, progress=progress)
+                                 bf16=cfg.bf16, progress=progress, decode=cfg.extract_decode,
+                                 bf16_weights=cfg.extract_bf16_weights)
         write_features(out_path, subset["image_id"].to_numpy(), feats, round_idx)
     _done([out_path], digest, prof, {"n_images": len(subset), "images_per_s": len(subset) / max(prof["seconds"], 1e-9)})
     return out_path
@@ -389,7 +390,8 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
     from ..device import pick_device, set_seed
     from ..io.checkpoint import save_checkpoint
     from ..models import model_checkpoint_state
-    from ..train import build_camera_memory, build_ise, build_memory, build_optimizer, build_scheduler, train_epoch
+    from ..train import (build_camera_memory, build_ise, build_memory, build_optimizer, build_scheduler,
+                         set_adam_options_, train_epoch)
 
     out_checkpoint, out_log = Path(out_checkpoint), Path(out_log)
     params = {"stage": "train", **cfg.train_params(), "round": round_idx, "init_checkpoint": cfg.init_checkpoint,
@@ -429,6 +431,7 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
         scheduler = build_scheduler(optimizer, tcfg)
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
+            set_adam_options_(optimizer, tcfg)  # the saved param groups carry the writer's `fused` flag
         if "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
         if n_clusters < 2:
@@ -508,7 +511,8 @@ def evaluate_stage(images_path: str | Path, checkpoint_path: str | Path | None, 
         t0 = time.perf_counter()
         feats = extract_features(model, both["path"].tolist(), height=cfg.height, width=cfg.width,
                                  batch_size=cfg.extract_batch_size, device=device, flip=cfg.flip, bf16=cfg.bf16,
-                                 progress=progress)
+                                 progress=progress, decode=cfg.extract_decode,
+                                 bf16_weights=cfg.extract_bf16_weights)
         row["eval_extract_seconds"] = time.perf_counter() - t0
         nq = len(query)
         res = evaluate_features(feats[:nq], feats[nq:], query["pid"].to_numpy(), gallery["pid"].to_numpy(),

@@ -294,3 +294,17 @@ def test_knn_recall_counts():
     approx = np.array([[0, 2, 5], [1, 7, 8]])
     assert knn_recall(approx, exact) == pytest.approx(1 / 4)
     assert knn_recall(exact, exact) == 1.0
+
+
+def test_warm_up_compiles_the_kernel_used_by_runs():
+    from reid_core.cluster import jaccard
+
+    kernel = jaccard._numba_kernel()
+    if kernel is None:
+        pytest.skip("numba not installed")
+    assert jaccard.warm_up_kernel() is True
+    n_sigs = len(kernel.signatures)
+    assert n_sigs >= 1
+    x = np.random.default_rng(1).standard_normal((300, 32)).astype(np.float32)
+    jaccard.compute_jaccard_distance(x, k1=20, k2=6, max_distance=0.6)  # a run's call: no new compile
+    assert len(kernel.signatures) == n_sigs
