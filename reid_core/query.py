@@ -126,12 +126,15 @@ def resolve_model(source: str | os.PathLike | None, backbone: str | None = None,
 
 
 def load_model(src: ModelSource):
-    """The model of ``src`` on the CPU, in eval mode (checkpoints load with ``weights_only=True``)."""
+    """The model of ``src`` on the run-time device (CUDA when present, else CPU), in eval mode
+    (checkpoints load with ``weights_only=True``)."""
+    from .device import pick_device
     from .models import build_model, model_from_checkpoint
 
+    device = pick_device("auto")
     if src.checkpoint is not None:
-        return model_from_checkpoint(src.checkpoint, "cpu")
-    return build_model(src.backbone, pretrained=True).eval()
+        return model_from_checkpoint(src.checkpoint, device)
+    return build_model(src.backbone, pretrained=True).to(device).eval()
 
 
 def model_digest(src: ModelSource, model) -> str:
@@ -230,7 +233,8 @@ def _extract(model, paths: list[str], src: ModelSource, batch_size: int, flip: b
              progress: bool) -> np.ndarray:
     from .features import extract_features
 
-    return extract_features(model, paths, height=src.height, width=src.width, batch_size=batch_size, device="cpu",
+    return extract_features(model, paths, height=src.height, width=src.width, batch_size=batch_size,
+                            device=next(model.parameters()).device,
                             flip=flip, bf16=bf16, progress=progress)
 
 

@@ -289,8 +289,9 @@ def centroids_from(feats: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def ise_lambda_range(cfg: RunConfig, round_idx: int) -> tuple[float, float, int, int]:
     """(lambda at the round's first iteration, at its last, t0, T) for the global schedule."""
     from ..cluster.ise import lambda_schedule
+    from ..train import ise_horizon
 
-    total = int(cfg.ise_horizon) if cfg.ise_horizon else max(cfg.rounds, 1) * cfg.iters
+    total = ise_horizon(train_config(cfg, round_idx), max(cfg.rounds, 1))  # the T training uses
     t0 = (round_idx - 1) * cfg.iters
     t1 = round_idx * cfg.iters - 1
 

@@ -293,6 +293,7 @@ def _ranked_section(run_dir: Path, cfg: dict[str, Any], rounds: list[int], image
                     n_show: int, top_k: int, progress: bool) -> str:
     from ..evaluation import distance_matrix, evaluate_rank
     from ..evaluation.ranked_lists import RankedList, as_pid, draw_ranked_lists
+    from ..device import pick_device
     from ..features import extract_features
     from ..pipeline.config import RunConfig
     from ..pipeline.stages import _build_or_load_model
@@ -309,11 +310,12 @@ def _ranked_section(run_dir: Path, cfg: dict[str, Any], rounds: list[int], image
     ckpts = [r for r in rounds if _round_file(run_dir, r, "checkpoint.pt").is_file()]
     ckpt = _round_file(run_dir, ckpts[-1], "checkpoint.pt") if ckpts else None
     run_cfg = RunConfig.from_dict({k: v for k, v in cfg.items() if k in RunConfig.__dataclass_fields__})
-    model = _build_or_load_model(ckpt, run_cfg, "cpu")
+    device = pick_device(run_cfg.device)
+    model = _build_or_load_model(ckpt, run_cfg, device)
     t0 = time.perf_counter()
     both = pd.concat([query["path"], gallery["path"]]).tolist()
     feats = extract_features(model, both, height=run_cfg.height, width=run_cfg.width,
-                             batch_size=run_cfg.extract_batch_size, device="cpu", flip=run_cfg.flip, bf16=False,
+                             batch_size=run_cfg.extract_batch_size, device=device, flip=run_cfg.flip, bf16=False,
                              progress=progress)
     qf, gf = feats[:len(query)], feats[len(query):]
     dist = distance_matrix(qf, gf, metric="cosine", device="cpu")
