@@ -46,12 +46,32 @@ def append_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Append rows to a Parquet file (read, concatenate, rewrite atomically).
 
     Used for small logs (metrics, benchmark rows) where a cut-off run must keep finished rows.
+    The read-modify-write holds an advisory lock (``<name>.lock`` beside the file), so two processes
+    appending to one results file (e.g. two benchmark queues) never lose each other's rows.
     """
     path = Path(path)
-    if path.exists():
-        old = pd.read_parquet(path)
-        df = pd.concat([old, df], ignore_index=True)
-    return write_parquet(df, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path.with_name(path.name + ".lock")):
+        if path.exists():
+            old = pd.read_parquet(path)
+            df = pd.concat([old, df], ignore_index=True)
+        return write_parquet(df, path)
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``lock_path`` (POSIX); elsewhere a no-op."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: single-writer use only
+        yield
+        return
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def read_parquet(path: str | os.PathLike, required: Iterable[str] = ()) -> pd.DataFrame:

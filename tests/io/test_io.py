@@ -79,3 +79,32 @@ def test_features_roundtrip(tmp_path):
     assert list(df.columns) == ["image_id", "feature", "round"] and (df["round"] == 2).all()
     with pytest.raises(ValueError, match="features must be"):
         write_features(tmp_path / "g.parquet", ids[:3], feats, 0)
+
+
+def _append_many(path: str, worker: int, n: int) -> None:
+    import pandas as pd
+
+    from reid_core.io.atomic import append_parquet
+
+    for i in range(n):
+        append_parquet(pd.DataFrame({"worker": [worker], "i": [i]}), path)
+
+
+def test_append_parquet_two_processes_lose_no_row(tmp_path):
+    """Two benchmark queues append to one results file at once: every row must survive."""
+    import multiprocessing as mp
+
+    import pandas as pd
+
+    path = str(tmp_path / "rows.parquet")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(path, w, 40)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    df = pd.read_parquet(path)
+    assert len(df) == 80
+    for w in (0, 1):
+        assert sorted(df.loc[df.worker == w, "i"]) == list(range(40))
