@@ -102,15 +102,16 @@ def test_deployment_run_end_to_end(mode, tiny_market, tiny_flow_params, tmp_path
 
 
 def test_market_presets_match_the_benchmark_methods():
-    """Every market1501* deployment of prefect.yaml is served, builds a valid RunConfig, and the
-    candidate preset carries exactly the levers of bench/accuracy.py's cc_cam method."""
+    """Every market1501* deployment of prefect.yaml is served, builds a valid RunConfig; the main
+    preset carries exactly the levers of bench/accuracy.py's cc_cam method (the issue-11 winner) and
+    the baseline preset none of them."""
     import importlib.util
 
     from flows._common import build_config
     from flows.serve import REPO_ROOT, market_deployment_names, market_parameters
 
     names = market_deployment_names()
-    assert names == ["market1501", "market1501-cam"]
+    assert names == ["market1501", "market1501-cc"]
     for name in names:
         params = market_parameters(name=name)
         cfg = build_config({k: v for k, v in params.items() if k != "overrides"}, params.get("overrides"))
@@ -118,5 +119,7 @@ def test_market_presets_match_the_benchmark_methods():
     spec = importlib.util.spec_from_file_location("bench_accuracy", REPO_ROOT / "bench" / "accuracy.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    cam = market_parameters(name="market1501-cam")["overrides"]
+    cam = market_parameters(name="market1501")["overrides"]
     assert {k: cam[k] for k in bench.CAM_LEVERS} == bench.CAM_LEVERS
+    assert not set(bench.CAM_LEVERS) & set(market_parameters(name="market1501-cc")["overrides"])
+    assert market_parameters(name="market1501")["rounds"] * market_parameters(name="market1501")["iters"] == 1500
