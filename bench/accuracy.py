@@ -127,14 +127,24 @@ def versions() -> dict[str, str]:
             "cpu_threads": str(torch.get_num_threads()), "machine": platform.machine()}
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Last round of each method x seed, then mean / std over seeds."""
+def summarize(df: pd.DataFrame, at_iterations: int | None = None) -> pd.DataFrame:
+    """Last round of each method x seed (or, with ``at_iterations``, the round that ends at that many
+    training iterations; the untrained ImageNet row is kept), then mean / std over seeds."""
+    if at_iterations is not None:
+        if "iterations" not in df:
+            raise ValueError("--at-iterations: these rows have no 'iterations' column")
+        df = df[(df["iterations"] == at_iterations) | (df["method"] == "imagenet")]
     last = df.sort_values("round").groupby(["method", "seed"], as_index=False).tail(1)
+    extra = {}
+    if "iterations" in last:
+        extra["iterations"] = ("iterations", "mean")
+    if "cpu_model" in last:
+        extra["cpu"] = ("cpu_model", lambda c: ", ".join(sorted(set(map(str, c)))))
     agg = last.groupby("method").agg(
         seeds=("seed", "nunique"), rounds=("round", "mean"), mAP=("mAP", "mean"), mAP_std=("mAP", "std"),
         rank1=("rank1", "mean"), mINP=("mINP", "mean"), ari=("ari", "mean") if "ari" in last else ("mAP", "size"),
         n_clusters=("n_clusters", "mean") if "n_clusters" in last else ("mAP", "size"),
-        seconds=("seconds", "mean"))
+        seconds=("seconds", "mean"), **extra)
     order = [m for m in METHODS if m in agg.index] + sorted(m for m in agg.index if m not in METHODS)
     return agg.loc[order].reset_index()
 
@@ -143,14 +153,19 @@ def markdown_table(summary: pd.DataFrame) -> str:
     base = summary.set_index("method")
     imagenet = base["mAP"].get("imagenet", np.nan)
     sup = base["mAP"].get("supervised", np.nan)
-    lines = ["| method | seeds | rounds | mAP % | ± | rank-1 % | mINP % | pseudo ARI | clusters | seconds | x ImageNet | % of supervised |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    has_iters = "iterations" in summary
+    lines = ["| method | seeds | rounds |" + (" iterations |" if has_iters else "")
+             + " mAP % | ± | rank-1 % | mINP % | pseudo ARI | clusters | seconds | x ImageNet | % of supervised |"
+             + (" CPU |" if "cpu" in summary else ""),
+             "|---|---|---|" + ("---|" if has_iters else "") + "---|---|---|---|---|---|---|---|---|"
+             + ("---|" if "cpu" in summary else "")]
     for _, r in summary.iterrows():
         std = "" if not np.isfinite(r["mAP_std"]) else f"{100 * r['mAP_std']:.1f}"
         lines.append(
-            f"| {r['method']} | {r['seeds']} | {r['rounds']:.0f} | {100 * r['mAP']:.1f} | {std} | {100 * r['rank1']:.1f} | "
+            f"| {r['method']} | {r['seeds']} | {r['rounds']:.0f} |" + (f" {r['iterations']:.0f} |" if has_iters else "")
+            + f" {100 * r['mAP']:.1f} | {std} | {100 * r['rank1']:.1f} | "
             f"{100 * r['mINP']:.1f} | {r['ari']:.3f} | {r['n_clusters']:.0f} | {r['seconds']:.0f} | "
-            f"{r['mAP'] / imagenet:.2f} | {100 * r['mAP'] / sup:.0f} |")
+            f"{r['mAP'] / imagenet:.2f} | {100 * r['mAP'] / sup:.0f} |" + (f" {r['cpu']} |" if "cpu" in summary else ""))
     return "\n".join(lines)
 
 
@@ -182,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="name of a variant (e.g. an ablation's --set values): its rows get method 'METHOD:TAG' "
                          "and its run folder 'METHOD-TAG-sSEED', so variants never share a run folder")
     ap.add_argument("--summary-only", action="store_true", help="only re-draw the plot and table from --out")
+    ap.add_argument("--at-iterations", type=int, default=None,
+                    help="summarise the rounds that end at this many iterations (e.g. 500) instead of the last round")
+    ap.add_argument("--x", choices=("seconds", "iterations"), default="seconds",
+                    help="the plot's x axis (iterations: for runs that shared the machine)")
     ap.add_argument("--quiet", action="store_true")
     return ap
 
@@ -200,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     from reid_core.evaluation.plots import plot_map_vs_time
 
     png = args.out.with_suffix(".png")
-    plot_map_vs_time(df, png, x="seconds", y="mAP", hue="method", units="seed")
-    summary = summarize(df)
+    plot_map_vs_time(df, png, x=args.x, y="mAP", hue="method", units="seed")
+    summary = summarize(df, args.at_iterations)
     print(markdown_table(summary))
     print(f"\nrows: {args.out}\nplot: {png}")
     return 0

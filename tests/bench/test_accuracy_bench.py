@@ -84,3 +84,21 @@ def test_camera_lever_methods_and_tags(bench, tmp_path):
     # --set still wins over a method's levers
     off = bench.market_config("cc_cam", 0, parse(bench, tmp_path, "--set", "split_factor=0"))
     assert off.split_factor == 0 and off.camera_norm
+
+
+def test_summary_at_iterations_cuts_every_seed_at_the_same_point(bench):
+    rows = []
+    for seed, maps in ((0, [0.1, 0.2, 0.3, 0.4]), (1, [0.1, 0.25, 0.35])):
+        for r, m in enumerate(maps):
+            rows.append(dict(method="cc_cam", seed=seed, round=r, iterations=50 * r, mAP=m, rank1=m, mINP=m,
+                             ari=0.5, n_clusters=400, seconds=10.0 * r, cpu_model="AMD EPYC"))
+    rows.append(dict(method="imagenet", seed=0, round=0, iterations=0, mAP=0.1, rank1=0.2, mINP=0.02, ari=np.nan,
+                     n_clusters=np.nan, seconds=0.0, cpu_model="AMD EPYC"))
+    df = pd.DataFrame(rows)
+    at100 = bench.summarize(df, at_iterations=100).set_index("method")
+    assert at100.loc["cc_cam", "mAP"] == pytest.approx((0.3 + 0.35) / 2) and at100.loc["cc_cam", "iterations"] == 100
+    assert at100.loc["imagenet", "mAP"] == pytest.approx(0.1)  # the untrained row stays
+    last = bench.summarize(df).set_index("method")
+    assert last.loc["cc_cam", "mAP"] == pytest.approx((0.4 + 0.35) / 2)
+    table = bench.markdown_table(at100.reset_index())
+    assert "| iterations |" in table.splitlines()[0] and "| AMD EPYC |" in table
