@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import RunFolderDamaged
 from .atomic import atomic_path
 
 
@@ -33,7 +34,10 @@ def read_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: features file does not exist")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # truncated / overwritten file: pyarrow raises several types
+        raise RunFolderDamaged(f"{path}: not a readable features file ({type(exc).__name__}: {exc})") from exc
     for col in ("image_id", "feature"):
         if col not in table.column_names:
             raise ValueError(f"{path}: missing column {col!r}; has {table.column_names}")
