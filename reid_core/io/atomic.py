@@ -82,7 +82,9 @@ def read_parquet(path: str | os.PathLike, required: Iterable[str] = ()) -> pd.Da
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from exc
+        from ..errors import RunFolderDamaged
+
+        raise RunFolderDamaged(f"{path}: not a readable Parquet file ({exc})") from exc
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")

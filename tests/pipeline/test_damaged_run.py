@@ -1,0 +1,114 @@
+"""A damaged run folder is detected and recomputed (a warning names the file), or stops with an
+error naming the file; a damaged file is never used. Each case damages a copy of one finished tiny
+run, reruns the plain loop and expects the undamaged run's metrics."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reid_core.errors import RunFolderDamaged
+from reid_core.io.features_io import read_features, write_features
+from reid_core.io.hashing import file_digest
+from reid_core.pipeline import cache, round_paths, run_pipeline
+
+from tests.pipeline.test_loop import tiny_cfg
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from reid_core.data.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("damaged")
+    data = generate_synthetic(root / "synth", n_ids=12, n_cams=2, images_per_id_cam=3, seed=2)
+    cfg = tiny_cfg(root / "ref", data, rounds=1, device="cpu", bf16=False)
+    metrics = run_pipeline(cfg, progress=False)
+    return cfg, metrics
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_bytes(path):
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 16):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _other_shape(path):
+    ids, feats = read_features(path)
+    write_features(path, ids[:-3], np.ones((len(ids) - 3, feats.shape[1] // 2), np.float32), 1)
+
+
+DAMAGE = {
+    # name: (file in round_001 or run folder, how)
+    "truncated-features": ("round_001/features.parquet", _truncate),
+    "truncated-pseudo-labels": ("round_001/pseudo_labels.parquet", _truncate),
+    "flipped-checkpoint": ("round_001/checkpoint.pt", _flip_bytes),
+    "other-shape-features": ("round_001/features.parquet", _other_shape),
+    "deleted-sidecar": ("round_001/pseudo_labels.parquet.stage.json", lambda p: p.unlink()),
+    "garbage-sidecar": ("round_001/checkpoint.pt.stage.json", lambda p: p.write_text("{oops")),
+    "edited-sidecar": ("round_001/features.parquet.stage.json",
+                       lambda p: p.write_text(json.dumps({**json.loads(p.read_text()),
+                                                          "output_digests": {"features.parquet": "0" * 64}}))),
+    "truncated-round0-metrics": ("round_000/metrics.parquet", _truncate),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damage_is_detected_and_recomputed(case, finished, tmp_path, caplog):
+    ref_cfg, ref_metrics = finished
+    cfg = ref_cfg.replace(runs_dir=str(tmp_path / "runs"))
+    shutil.copytree(ref_cfg.run_dir, cfg.run_dir)
+    rel, damage = DAMAGE[case]
+    target = cfg.run_dir / rel
+    damage(target)
+    with caplog.at_level(logging.WARNING, logger="reid_core.pipeline.cache"):
+        metrics = run_pipeline(cfg, progress=False)
+    named = str(target).removesuffix(cache.SIDE_SUFFIX)
+    assert any("recomputing" in r.message and named in r.message for r in caplog.records), \
+        [r.message for r in caplog.records]
+    drop = ["elapsed_seconds", "round_seconds", "evaluate_seconds", "eval_extract_seconds", "config_json"]
+    pd.testing.assert_frame_equal(ref_metrics.drop(columns=drop, errors="ignore"),
+                                  metrics.drop(columns=drop, errors="ignore"))
+    # every output now matches its record again
+    for side in cfg.run_dir.rglob("*" + cache.SIDE_SUFFIX):
+        meta = json.loads(side.read_text())
+        for name, digest in meta["output_digests"].items():
+            assert file_digest(side.parent / name) == digest, name
+
+
+def test_damaged_files_read_directly_name_the_file(finished, tmp_path):
+    ref_cfg, _ = finished
+    src = round_paths(ref_cfg, 1)
+    feats = tmp_path / "features.parquet"
+    shutil.copy(src["features"], feats)
+    _truncate(feats)
+    with pytest.raises(RunFolderDamaged, match=str(feats)):
+        read_features(feats)
+    side = tmp_path / "pseudo_labels.parquet.stage.json"
+    side.write_text("{oops")
+    with pytest.raises(RunFolderDamaged, match=str(side)):
+        cache.read_meta(tmp_path / "pseudo_labels.parquet")
+    from reid_core.io.checkpoint import load_checkpoint
+
+    ckpt = tmp_path / "checkpoint.pt"
+    shutil.copy(src["checkpoint"], ckpt)
+    load_checkpoint(ckpt)  # without its record: loads
+    shutil.copy(cache.sidecar(src["checkpoint"]), cache.sidecar(ckpt))
+    load_checkpoint(ckpt)  # with a matching record: loads
+    _flip_bytes(ckpt)
+    with pytest.raises(RunFolderDamaged, match=f"{ckpt}: checkpoint bytes differ"):
+        load_checkpoint(ckpt)
+    cache.sidecar(ckpt).unlink()
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(RunFolderDamaged, match=str(ckpt)):
+        load_checkpoint(ckpt)
