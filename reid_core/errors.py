@@ -35,7 +35,15 @@ class RunFolderLocked(ReidError, RuntimeError):
 
 
 class NonFiniteLossError(ReidError, FloatingPointError):
-    """Training met a NaN or infinite loss; the round is stopped before anything is written."""
+    """Training met a NaN or infinite loss; the round is stopped before anything is written.
+
+    ``iteration`` (within the epoch) and ``value`` tell where; the training stage adds the round
+    and the checkpoint that stays the latest to the message."""
+
+    def __init__(self, message: str, iteration: int = -1, value: float = float("nan")) -> None:
+        super().__init__(message)
+        self.iteration = iteration
+        self.value = value
 
 
 _PREFIX = re.compile(r"^(?P<where>[^\n]+?): (?P<problem>.+)$", re.S)

@@ -388,11 +388,7 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
     pseudo-labels (+ ISE, + optional metric losses on pseudo-labels). Supervised: the
     ``cfg.supervised_loss`` objective on ground-truth labels (from :func:`ground_truth_labels`).
     """
-    from ..device import pick_device, set_seed
-    from ..io.checkpoint import save_checkpoint
-    from ..models import model_checkpoint_state
-    from ..train import (build_camera_memory, build_ise, build_memory, build_optimizer, build_scheduler,
-                         set_adam_options_, train_epoch)
+    from ..errors import NonFiniteLossError
 
     out_checkpoint, out_log = Path(out_checkpoint), Path(out_log)
     params = {"stage": "train", **cfg.train_params(), "round": round_idx, "init_checkpoint": cfg.init_checkpoint,
@@ -400,6 +396,25 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
     digest = cache.stage_digest([images_path, pseudo_labels_path, features_path, checkpoint_in], params)
     if cache.is_fresh([out_checkpoint, out_log], digest):
         return out_checkpoint, out_log
+
+    try:
+        return _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg, round_idx,
+                            out_checkpoint, out_log, digest, on_progress, progress)
+    except NonFiniteLossError as exc:
+        # nothing of this round was written: the previous round's checkpoint stays the latest
+        raise NonFiniteLossError(
+            f"{out_checkpoint}: round {round_idx}, iteration {exc.iteration}: loss is {exc.value}; the round is "
+            f"stopped and nothing written, the latest checkpoint stays {checkpoint_in or 'the initial model'} "
+            f"(try a lower lr, or bf16=false)", iteration=exc.iteration, value=exc.value) from exc
+
+
+def _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg: RunConfig, round_idx: int,
+                 out_checkpoint: Path, out_log: Path, digest: str, on_progress, progress: bool) -> tuple[Path, Path]:
+    from ..device import pick_device, set_seed
+    from ..io.checkpoint import save_checkpoint
+    from ..models import model_checkpoint_state
+    from ..train import (build_camera_memory, build_ise, build_memory, build_optimizer, build_scheduler,
+                         set_adam_options_, train_epoch)
 
     images = read_parquet(images_path, required=IMAGE_COLUMNS)
     train_view = _train_view(images)  # never carries pid
