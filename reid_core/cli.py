@@ -66,7 +66,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import stages
     from .pipeline.loop import run_provenance
 
-    cfg = config_from_args(args, name="evaluate", dataset="market1501", data_root=DEFAULT_MARKET, rounds=0)
+    defaults = dict(name="evaluate", dataset="market1501", data_root=DEFAULT_MARKET, rounds=0)
+    if args.checkpoint and args.backbone is None:  # the checkpoint says which backbone it holds
+        from .query import resolve_model
+
+        defaults["backbone"] = resolve_model(args.checkpoint).backbone
+    cfg = config_from_args(args, **defaults)
     out = Path(args.out) if args.out else cfg.run_dir / "evaluate.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     images = stages.index_images(cfg.dataset, cfg.data_root, out.parent / "images.parquet")

@@ -54,12 +54,21 @@ def _train_view(images: pd.DataFrame) -> pd.DataFrame:
 def _build_or_load_model(checkpoint_path: str | Path | None, cfg: RunConfig, device):
     from ..models import build_model, model_from_checkpoint
 
-    if checkpoint_path is not None:
-        return model_from_checkpoint(checkpoint_path, device)
-    if cfg.init_checkpoint:
-        return model_from_checkpoint(cfg.init_checkpoint, device)
+    if checkpoint_path is not None or cfg.init_checkpoint:
+        path = checkpoint_path if checkpoint_path is not None else cfg.init_checkpoint
+        model = model_from_checkpoint(path, device)
+        _check_backbone(model, path, cfg)
+        return model
     model = build_model(cfg.backbone, pretrained=cfg.pretrained)
     return model.to(device)
+
+
+def _check_backbone(model, path, cfg: RunConfig) -> None:
+    """A checkpoint of another backbone would run under the wrong name (and the wrong feature size)."""
+    found = getattr(model, "config", {}).get("name")
+    if found is not None and found != cfg.backbone:
+        raise ValueError(f"{path}: checkpoint holds a {found} model, but RunConfig.backbone is {cfg.backbone}; "
+                         f"set backbone={found} or use a {cfg.backbone} checkpoint")
 
 
 def round_seed(cfg: RunConfig, round_idx: int) -> int:
@@ -364,13 +373,16 @@ def _model_for_training(checkpoint_in, cfg: RunConfig, device, num_classes: int)
     from ..models import model_from_checkpoint
 
     if checkpoint_in is not None:
-        return model_from_checkpoint(checkpoint_in, device), load_checkpoint(checkpoint_in, map_location="cpu")
+        model = model_from_checkpoint(checkpoint_in, device)
+        _check_backbone(model, checkpoint_in, cfg)
+        return model, load_checkpoint(checkpoint_in, map_location="cpu")
     if cfg.mode == "supervised":
         from ..supervised import build_supervised_model
 
         model = build_supervised_model(cfg.backbone, cfg.pretrained, num_classes, cfg.supervised_loss)
         if cfg.init_checkpoint:
             init = model_from_checkpoint(cfg.init_checkpoint, "cpu")
+            _check_backbone(init, cfg.init_checkpoint, cfg)
             result = model.load_state_dict(init.state_dict(), strict=False)
             log.info("initialised from %s (missing %s)", cfg.init_checkpoint, result.missing_keys)
         return model.to(device), {}
