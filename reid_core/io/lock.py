@@ -131,6 +131,11 @@ def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
             entry[1] += 1
         else:
             _held[key] = [_acquire(run_dir), 1]
+            from .atomic import remove_stale_temporaries
+
+            removed = remove_stale_temporaries(run_dir)  # ours now: what a killed writer left is garbage
+            if removed:
+                log.warning("%s: removed %d temporary file(s) left by an interrupted run", run_dir, removed)
     try:
         yield lock_path(run_dir)
     finally:

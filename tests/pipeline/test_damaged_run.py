@@ -1,17 +1,19 @@
 """A damaged run folder is detected and recomputed (a warning names the file), or stops with an
 error naming the file; a damaged file is never used. Each case damages a copy of one finished tiny
-run, reruns the plain loop and expects the undamaged run's metrics."""
+run, reruns the plain loop and expects the undamaged run's metrics. A full disk (ENOSPC) leaves no
+partial file, names the file, and the rerun resumes."""
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from reid_core.errors import RunFolderDamaged
+from reid_core.errors import RunFolderDamaged, expected_error_message
 from reid_core.io.features_io import read_features, write_features
 from reid_core.io.hashing import file_digest
 from reid_core.pipeline import cache, round_paths, run_pipeline
@@ -112,3 +114,55 @@ def test_damaged_files_read_directly_name_the_file(finished, tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(RunFolderDamaged, match=str(ckpt)):
         load_checkpoint(ckpt)
+
+
+# ------------------------------------------------------------------------------------------------
+# a full disk
+
+def _disk_full_at(monkeypatch, name: str) -> list[str]:
+    """Writes of files called ``name`` write half their bytes, then fail with ENOSPC (as a full disk)."""
+    import errno
+
+    import pyarrow.parquet as pq
+    import torch
+
+    hits: list[str] = []
+
+    def failing(real):
+        def write(obj, where, *args, **kwargs):
+            if Path(where).name.startswith(f".{name}."):
+                hits.append(str(where))
+                Path(where).write_bytes(b"PAR1" + b"\0" * 100)
+                raise OSError(errno.ENOSPC, "No space left on device")  # no file name, as pyarrow/torch do
+            return real(obj, where, *args, **kwargs)
+
+        return write
+
+    monkeypatch.setattr(pq, "write_table", failing(pq.write_table))
+    monkeypatch.setattr(torch, "save", failing(torch.save))
+    return hits
+
+
+@pytest.mark.parametrize("name", ["pseudo_labels.parquet", "checkpoint.pt"])
+def test_disk_full_leaves_no_partial_file_and_resumes(name, finished, tmp_path, monkeypatch, capsys):
+    from reid_core import cli
+
+    ref_cfg, ref_metrics = finished
+    cfg = ref_cfg.replace(runs_dir=str(tmp_path / "runs"))
+    hits = _disk_full_at(monkeypatch, name)
+    with pytest.raises(OSError) as err:
+        run_pipeline(cfg, progress=False)
+    target = round_paths(cfg, 1)["pseudo_labels" if name.startswith("pseudo") else "checkpoint"]
+    assert hits and err.value.filename == str(target)
+    assert expected_error_message(err.value).startswith(f"{target}: No space left on device (free some space")
+    assert not target.exists() and not cache.sidecar(target).exists()
+    assert not list(cfg.run_dir.rglob("*.tmp"))
+    # the user sees one line
+    assert cli.main(["run", "--config", str(cfg.run_dir / "config.json"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {target}: No space left on device")
+    # space is back: the rerun resumes and ends with the metrics of an uninterrupted run
+    monkeypatch.undo()
+    metrics = run_pipeline(cfg, progress=False)
+    drop = ["elapsed_seconds", "round_seconds", "evaluate_seconds", "eval_extract_seconds", "config_json"]
+    pd.testing.assert_frame_equal(ref_metrics.drop(columns=drop, errors="ignore"),
+                                  metrics.drop(columns=drop, errors="ignore"))

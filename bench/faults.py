@@ -1,0 +1,213 @@
+"""Kill anywhere: SIGKILL a tiny synthetic run at seeded points, rerun it, and demand the metrics of
+an uninterrupted run.
+
+One child process runs the plain loop (``reid_core.pipeline.run_pipeline``, 2 rounds on a tiny
+synthetic set). Kill points:
+
+* ``write:<mode>:<N>``: the child SIGKILLs itself at its N-th atomic write
+  (``REID_FAULT_KILL_AT_WRITE=N``, hook in ``reid_core.io.atomic``), in one of three places:
+  ``mid_write`` (temporary file cut to half, as if killed while writing a Parquet file or a
+  checkpoint), ``before_rename`` (temporary file complete, not yet in place) or ``after_rename``
+  (file in place, its ``.stage.json`` record not yet written);
+* ``timer:<seconds>``: the harness SIGKILLs the child after a seeded random delay (anywhere:
+  inside training, a decoder, a Parquet writer...).
+
+After each kill the run is rerun in a fresh child to the end. A kill point *survives* when the rerun
+exits 0, its metrics (every round: mAP, rank1, rank5, mINP, nmi, ari, clusters, outliers) equal
+the uninterrupted run's exactly, every file matches the SHA-256 its stage recorded (no partial
+file was kept or read) and no temporary file is left. One JSON line per kill point, then a summary
+line:
+
+  python bench/faults.py --points 60 --timer-points 10 --seed 0 --work /tmp/faults
+
+``--points`` kill points are drawn (seeded) from all write points of the three modes; a run of the
+tiny pipeline writes about 30 files, so 3 modes give about 90 write points.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODES = ("mid_write", "before_rename", "after_rename")
+METRIC_COLUMNS = ("round", "mAP", "rank1", "rank5", "mINP", "nmi", "ari", "n_clusters", "n_outliers")
+
+
+def tiny_config(run_dir: Path, data: Path, rounds: int = 2):
+    from reid_core.pipeline import RunConfig
+
+    return RunConfig(name=run_dir.name, runs_dir=str(run_dir.parent), dataset="market1501", data_root=str(data),
+                     rounds=rounds, iters=2, p=4, k=4, height=64, width=32, extract_batch_size=32, num_workers=0,
+                     min_samples=2, k1=6, k2=3, eps=0.7, device="cpu", bf16=False, seed=0)
+
+
+def child(args: argparse.Namespace) -> int:
+    """The run that gets killed: the plain loop, then its metrics as one JSON line on stdout."""
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    from reid_core.io import atomic
+    from reid_core.pipeline import run_pipeline
+
+    df = run_pipeline(tiny_config(Path(args.run_dir), Path(args.data), args.rounds), progress=False)
+    cols = [c for c in METRIC_COLUMNS if c in df.columns]
+    # Python floats in JSON round-trip exactly (repr), so equality below is bit-for-bit
+    rows = [{c: (None if v != v else v) for c, v in rec.items()} for rec in df[cols].astype(object).to_dict("records")]
+    rows = [{c: (v.item() if hasattr(v, "item") else v) for c, v in rec.items()} for rec in rows]
+    print(json.dumps({"metrics": rows, "writes": atomic._writes[0]}), flush=True)
+    return 0
+
+
+def _child_cmd(run_dir: Path, data: Path, rounds: int) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "child", "--run-dir", str(run_dir), "--data", str(data),
+            "--rounds", str(rounds)]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REID_FAULT_")}
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra})
+    return env
+
+
+def run_child(run_dir: Path, data: Path, rounds: int, env: dict[str, str],
+              kill_after: float | None = None) -> tuple[int, dict[str, Any] | None, str]:
+    proc = subprocess.Popen(_child_cmd(run_dir, data, rounds), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO)
+    if kill_after is not None:
+        try:
+            proc.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+    out, err = proc.communicate()
+    result = None
+    for line in out.splitlines():
+        if line.startswith("{"):
+            result = json.loads(line)
+    return proc.returncode, result, err
+
+
+def verify_run_folder(run_dir: Path) -> list[str]:
+    """Problems of a finished run folder: outputs that differ from their stage records, temporaries."""
+    from reid_core.io.hashing import file_digest
+    from reid_core.pipeline import cache
+
+    problems = []
+    for side in run_dir.rglob("*" + cache.SIDE_SUFFIX):
+        meta = json.loads(side.read_text())
+        for name, digest in meta.get("output_digests", {}).items():
+            f = side.parent / name
+            if not f.exists() or file_digest(f) != digest:
+                problems.append(f"{f}: differs from its record")
+    problems += [f"{t}: temporary file left" for t in run_dir.rglob("*.tmp")]
+    if (run_dir / ".run.lock").exists():
+        problems.append(f"{run_dir / '.run.lock'}: lock file left after a clean end")
+    return problems
+
+
+def kill_point(point: str, work: Path, data: Path, rounds: int, reference: dict[str, Any]) -> dict[str, Any]:
+    """Kill one run at ``point``, rerun it, compare. Returns the JSON record of the point."""
+    t0 = time.perf_counter()
+    run_dir = work / "runs" / point.replace(":", "_").replace(".", "_")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    kind, *rest = point.split(":")
+    if kind == "write":
+        mode, n = rest
+        rc, _, err = run_child(run_dir, data, rounds, _env(REID_FAULT_KILL_AT_WRITE=n, REID_FAULT_MODE=mode))
+        where = next((ln.split("(", 1)[1].rstrip(")") for ln in err.splitlines() if ln.startswith("fault: SIGKILL")),
+                     None)
+    else:
+        rc, _, err = run_child(run_dir, data, rounds, _env(), kill_after=float(rest[0]))
+        where = None
+    killed = rc == -signal.SIGKILL
+    rc2, result, err2 = run_child(run_dir, data, rounds, _env())
+    problems = verify_run_folder(run_dir) if rc2 == 0 else [f"rerun exited {rc2}: {err2.strip()[-500:]}"]
+    same = result is not None and result["metrics"] == reference["metrics"]
+    if rc2 == 0 and not same:
+        problems.append("metrics differ from the uninterrupted run")
+    record = {"point": point, "killed": killed, "where": where, "kill_exit": rc, "rerun_exit": rc2,
+              "identical_metrics": same, "survived": rc2 == 0 and same and not problems, "problems": problems,
+              "seconds": round(time.perf_counter() - t0, 1)}
+    if not killed and kind == "write":
+        record["problems"].append(f"not killed (exit {rc}): {err.strip()[-300:]}")
+        record["survived"] = False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return record
+
+
+def draw_points(n_writes: int, points: int, timer_points: int, max_seconds: float, seed: int,
+                modes: tuple[str, ...] = MODES) -> list[str]:
+    rng = random.Random(seed)
+    every = [f"write:{m}:{n}" for m in modes for n in range(1, n_writes + 1)]
+    chosen = every if points >= len(every) else rng.sample(every, points)
+    timers = [f"timer:{rng.uniform(0.5, max_seconds):.2f}" for _ in range(timer_points)]
+    return chosen + timers
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd")
+    c = sub.add_parser("child")
+    c.add_argument("--run-dir", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--points", type=int, default=60, help="write kill points (drawn from all modes x writes)")
+    ap.add_argument("--timer-points", type=int, default=10, help="kills after a random delay")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default="runs/faults", help="scratch folder (data + run folders)")
+    args = ap.parse_args(argv)
+    if args.cmd == "child":
+        return child(args)
+
+    from reid_core.data.synthetic import generate_synthetic
+
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "synth"
+    if not (data / "bounding_box_train").is_dir():
+        generate_synthetic(data, n_ids=12, n_cams=2, images_per_id_cam=3, seed=2)
+    # the uninterrupted reference (REID_FAULT_KILL_AT_WRITE=0 counts the writes, kills nothing)
+    ref_dir = work / "runs" / "reference"
+    shutil.rmtree(ref_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    rc, reference, err = run_child(ref_dir, data, args.rounds, _env(REID_FAULT_KILL_AT_WRITE="0"))
+    ref_seconds = time.perf_counter() - t0
+    if rc != 0 or reference is None:
+        print(json.dumps({"error": f"reference run failed (exit {rc})", "stderr": err[-2000:]}))
+        return 1
+    print(json.dumps({"reference": reference["metrics"], "writes": reference["writes"],
+                      "seconds": round(ref_seconds, 1)}), flush=True)
+    points = draw_points(reference["writes"], args.points, args.timer_points, ref_seconds, args.seed,
+                         tuple(m for m in args.modes.split(",") if m))
+    summary: dict[str, dict[str, int]] = {}
+    for point in points:
+        rec = kill_point(point, work, data, args.rounds, reference)
+        print(json.dumps(rec), flush=True)
+        key = point.split(":")[0] + (":" + point.split(":")[1] if point.startswith("write") else "")
+        s = summary.setdefault(key, {"tried": 0, "killed": 0, "survived": 0})
+        s["tried"] += 1
+        s["killed"] += int(rec["killed"])
+        s["survived"] += int(rec["survived"])
+    total = {k: sum(s[k] for s in summary.values()) for k in ("tried", "killed", "survived")}
+    print(json.dumps({"summary": summary, "total": total, "seed": args.seed, "writes_per_run": reference["writes"]}),
+          flush=True)
+    return 0 if total["survived"] == total["tried"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
