@@ -12,16 +12,17 @@ synthetic set). Kill points:
 * ``timer:<seconds>``: the harness SIGKILLs the child after a seeded random delay (anywhere:
   inside training, a decoder, a Parquet writer...).
 
-After each kill the run is rerun in a fresh child to the end. A kill point *survives* when the rerun
-exits 0, its metrics (every round: mAP, rank1, rank5, mINP, nmi, ari, clusters, outliers) equal
+Kills come in seeded chains (``--chain``, default 3): the run is killed, its rerun is killed at the
+next point, and so on; then it is rerun in a fresh child to the end. The kill points of a chain
+*survive* when that final rerun exits 0, its metrics (every round: mAP, rank1, rank5, mINP, nmi, ari, clusters, outliers) equal
 the uninterrupted run's exactly, every file matches the SHA-256 its stage recorded (no partial
 file was kept or read) and no temporary file is left. One JSON line per kill point, then a summary
 line:
 
-  python bench/faults.py --points 60 --timer-points 10 --seed 0 --work /tmp/faults
+  python bench/faults.py --points 60 --timer-points 10 --chain 3 --seed 0 --work /tmp/faults
 
-``--points`` kill points are drawn (seeded) from all write points of the three modes; a run of the
-tiny pipeline writes about 30 files, so 3 modes give about 90 write points.
+``--points`` write kill points are spread evenly over the three modes, each at a seeded write
+number; a run of the tiny pipeline makes 32 atomic writes (files and their stage records).
 """
 from __future__ import annotations
 
@@ -118,11 +119,7 @@ def verify_run_folder(run_dir: Path) -> list[str]:
     return problems
 
 
-def kill_point(point: str, work: Path, data: Path, rounds: int, reference: dict[str, Any]) -> dict[str, Any]:
-    """Kill one run at ``point``, rerun it, compare. Returns the JSON record of the point."""
-    t0 = time.perf_counter()
-    run_dir = work / "runs" / point.replace(":", "_").replace(".", "_")
-    shutil.rmtree(run_dir, ignore_errors=True)
+def _kill(point: str, run_dir: Path, data: Path, rounds: int) -> tuple[bool, str | None, int, str]:
     kind, *rest = point.split(":")
     if kind == "write":
         mode, n = rest
@@ -132,29 +129,53 @@ def kill_point(point: str, work: Path, data: Path, rounds: int, reference: dict[
     else:
         rc, _, err = run_child(run_dir, data, rounds, _env(), kill_after=float(rest[0]))
         where = None
-    killed = rc == -signal.SIGKILL
+    return rc == -signal.SIGKILL, where, rc, err
+
+
+def kill_chain(points: list[str], work: Path, data: Path, rounds: int,
+               reference: dict[str, Any]) -> list[dict[str, Any]]:
+    """Kill one run at each of ``points`` in turn (each kill in the rerun of the previous one), then
+    rerun it to the end and compare. Returns one JSON record per point."""
+    t0 = time.perf_counter()
+    run_dir = work / "runs" / points[0].replace(":", "_").replace(".", "_")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    records = []
+    for point in points:
+        killed, where, rc, err = _kill(point, run_dir, data, rounds)
+        records.append({"point": point, "killed": killed, "where": where, "kill_exit": rc,
+                        "error": None if killed or rc == 0 else err.strip()[-300:]})
     rc2, result, err2 = run_child(run_dir, data, rounds, _env())
     problems = verify_run_folder(run_dir) if rc2 == 0 else [f"rerun exited {rc2}: {err2.strip()[-500:]}"]
     same = result is not None and result["metrics"] == reference["metrics"]
     if rc2 == 0 and not same:
         problems.append("metrics differ from the uninterrupted run")
-    record = {"point": point, "killed": killed, "where": where, "kill_exit": rc, "rerun_exit": rc2,
-              "identical_metrics": same, "survived": rc2 == 0 and same and not problems, "problems": problems,
-              "seconds": round(time.perf_counter() - t0, 1)}
-    if not killed and kind == "write":
-        record["problems"].append(f"not killed (exit {rc}): {err.strip()[-300:]}")
-        record["survived"] = False
+    for rec in records:
+        ok = rc2 == 0 and same and not problems and rec["kill_exit"] in (0, -signal.SIGKILL)
+        rec.update({"chain": points[0], "rerun_exit": rc2, "identical_metrics": same, "survived": ok,
+                    "problems": problems})
+    records[-1]["chain_seconds"] = round(time.perf_counter() - t0, 1)
     shutil.rmtree(run_dir, ignore_errors=True)
-    return record
+    return records
 
 
 def draw_points(n_writes: int, points: int, timer_points: int, max_seconds: float, seed: int,
-                modes: tuple[str, ...] = MODES) -> list[str]:
+                modes: tuple[str, ...] = MODES, chain: int = 1) -> list[list[str]]:
+    """Seeded kill points, grouped in chains of ``chain`` kills of one run. A later kill of a chain
+    counts writes from its own (resumed) start, which writes fewer files, so its N is drawn from
+    the writes still to come."""
     rng = random.Random(seed)
-    every = [f"write:{m}:{n}" for m in modes for n in range(1, n_writes + 1)]
-    chosen = every if points >= len(every) else rng.sample(every, points)
-    timers = [f"timer:{rng.uniform(0.5, max_seconds):.2f}" for _ in range(timer_points)]
-    return chosen + timers
+    mode_of = [modes[i % len(modes)] for i in range(points)]
+    rng.shuffle(mode_of)
+    chains: list[list[str]] = []
+    for start in range(0, points, chain):
+        left, links = n_writes, []
+        for mode in mode_of[start:start + chain]:
+            n = rng.randint(1, max(1, left - 2))
+            links.append(f"write:{mode}:{n}")
+            left = max(3, left - n)
+        chains.append(links)
+    chains += [[f"timer:{rng.uniform(0.5, max_seconds):.2f}"] for _ in range(timer_points)]
+    return chains
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points", type=int, default=60, help="write kill points (drawn from all modes x writes)")
     ap.add_argument("--timer-points", type=int, default=10, help="kills after a random delay")
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--chain", type=int, default=3, help="kills of one run before its final rerun")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/faults", help="scratch folder (data + run folders)")
@@ -192,21 +214,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps({"reference": reference["metrics"], "writes": reference["writes"],
                       "seconds": round(ref_seconds, 1)}), flush=True)
-    points = draw_points(reference["writes"], args.points, args.timer_points, ref_seconds, args.seed,
-                         tuple(m for m in args.modes.split(",") if m))
+    chains = draw_points(reference["writes"], args.points, args.timer_points, ref_seconds, args.seed,
+                         tuple(m for m in args.modes.split(",") if m), chain=args.chain)
     summary: dict[str, dict[str, int]] = {}
-    for point in points:
-        rec = kill_point(point, work, data, args.rounds, reference)
-        print(json.dumps(rec), flush=True)
-        key = point.split(":")[0] + (":" + point.split(":")[1] if point.startswith("write") else "")
-        s = summary.setdefault(key, {"tried": 0, "killed": 0, "survived": 0})
-        s["tried"] += 1
-        s["killed"] += int(rec["killed"])
-        s["survived"] += int(rec["survived"])
+    for links in chains:
+        for rec in kill_chain(links, work, data, args.rounds, reference):
+            print(json.dumps(rec), flush=True)
+            point = rec["point"]
+            key = point.split(":")[0] + (":" + point.split(":")[1] if point.startswith("write") else "")
+            s = summary.setdefault(key, {"tried": 0, "killed": 0, "survived": 0})
+            s["tried"] += 1
+            s["killed"] += int(rec["killed"])
+            s["survived"] += int(rec["survived"] and rec["killed"])
     total = {k: sum(s[k] for s in summary.values()) for k in ("tried", "killed", "survived")}
     print(json.dumps({"summary": summary, "total": total, "seed": args.seed, "writes_per_run": reference["writes"]}),
           flush=True)
-    return 0 if total["survived"] == total["tried"] else 1
+    return 0 if total["survived"] == total["killed"] else 1
 
 
 if __name__ == "__main__":

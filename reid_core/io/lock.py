@@ -14,6 +14,8 @@ from start to end:
   from here is refused, with the command to remove it.
 
 Locks are re-entrant inside one process (a flow that calls the plain loop does not lock itself out).
+Taking the lock also deletes the temporary files (``.<name>.*.tmp``) that a killed writer left in
+the folder: with the lock held, no live writer owns them.
 """
 from __future__ import annotations
 

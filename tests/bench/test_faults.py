@@ -51,7 +51,10 @@ def test_killed_mid_write_then_rerun_equals_uninterrupted(faults, tmp_path):
 
 
 def test_draw_points_is_seeded(faults):
-    a = faults.draw_points(30, 10, 2, 5.0, seed=1)
-    assert a == faults.draw_points(30, 10, 2, 5.0, seed=1) and len(a) == 12
-    assert len(set(a[:10])) == 10 and all(p.startswith("write:") for p in a[:10])
-    assert a != faults.draw_points(30, 10, 2, 5.0, seed=2)
+    a = faults.draw_points(30, 10, 2, 5.0, seed=1, chain=3)
+    assert a == faults.draw_points(30, 10, 2, 5.0, seed=1, chain=3)
+    assert [len(c) for c in a] == [3, 3, 3, 1, 1, 1]
+    writes = [p for c in a for p in c if p.startswith("write:")]
+    assert len(writes) == 10 and {p.split(":")[1] for p in writes} == set(faults.MODES)
+    assert all(1 <= int(p.split(":")[2]) <= 30 for p in writes)
+    assert a != faults.draw_points(30, 10, 2, 5.0, seed=2, chain=3)
