@@ -46,6 +46,7 @@ class NonFiniteLossError(ReidError, FloatingPointError):
         self.value = value
 
 
+_WORKER_WRAPPED = "in DataLoader worker process"
 _PREFIX = re.compile(r"^(?P<where>[^\n]+?): (?P<problem>.+)$", re.S)
 
 
@@ -67,7 +68,12 @@ def expected_error_message(exc: BaseException) -> str | None:
             problem += " (free some space and run the command again: finished stages are kept)"
         return f"{os.fsdecode(exc.filename)}: {problem}"
     if isinstance(exc, (ValueError, OSError)):
-        m = _PREFIX.match(str(exc).strip())
+        text = str(exc).strip()
+        if _WORKER_WRAPPED in text:
+            # torch re-raises a DataLoader worker's error with the worker's traceback as the message;
+            # its last line is "<Type>: <the original message>"
+            text = text.splitlines()[-1].split(": ", 1)[-1].strip()
+        m = _PREFIX.match(text)
         if m and _looks_like_where(m.group("where")):
-            return re.sub(r"\s*\n\s*", " ", str(exc).strip())
+            return re.sub(r"\s*\n\s*", " ", text)
     return None

@@ -97,3 +97,17 @@ def test_subprocess_corrupt_image_is_one_line(tmp_path):
     assert "Traceback" not in res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {bad}: "), res.stderr
+
+
+def test_error_from_a_dataloader_worker_is_unwrapped():
+    """torch re-raises a worker's error with the worker's traceback as its message."""
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise ValueError("/data/x.jpg: cannot read image (OSError: image file is truncated)")
+    except ValueError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ValueError) as err:
+        wrapped.reraise()
+    assert "Traceback" in str(err.value)
+    assert expected_error_message(err.value) == "/data/x.jpg: cannot read image (OSError: image file is truncated)"
