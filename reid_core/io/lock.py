@@ -72,16 +72,19 @@ def _describe(holder: dict[str, Any]) -> str:
             f"command: {holder.get('command')})")
 
 
-def _try_flock(fd: int) -> bool:
+def _try_flock(fd: int) -> str:
+    """``"locked"``, ``"busy"`` (another open file holds it) or ``"unsupported"`` (no flock here)."""
     try:
         import fcntl
-    except ImportError:  # no flock (Windows): rely on the pid check alone
-        return True
+    except ImportError:  # no flock (Windows): rely on the pid record alone
+        return "unsupported"
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
+        return "locked"
     except BlockingIOError:
-        return False
+        return "busy"
+    except OSError:  # ENOLCK / EOPNOTSUPP: a network file system without locks
+        return "unsupported"
 
 
 def _acquire(run_dir: Path) -> int:
@@ -90,9 +93,14 @@ def _acquire(run_dir: Path) -> int:
           "command": " ".join(sys.argv)[:300]}
     for _ in range(20):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_flock(fd):
+        state = _try_flock(fd)
+        holder = read_holder(run_dir) if state != "locked" else {}
+        if state == "unsupported" and holder and holder.get("pid") != os.getpid() and (
+                holder.get("host") != me["host"] or pid_alive(int(holder.get("pid", -1)))):
+            log.warning("%s: this file system has no flock; trusting the pid record of the lock file", run_dir)
+            state = "busy"
+        if state == "busy":
             os.close(fd)
-            holder = read_holder(run_dir)
             raise RunFolderLocked(f"{run_dir}: run folder is in use by {_describe(holder)}; wait for it to end "
                                   f"or use another run name")
         try:

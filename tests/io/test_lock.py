@@ -92,3 +92,21 @@ def test_lock_of_another_host_is_refused_and_reentrant_in_one_process(tmp_path):
             pass
         assert lock_path(run_dir).exists()
     assert not lock_path(run_dir).exists()
+
+
+def test_without_flock_the_pid_record_decides(tmp_path, monkeypatch):
+    """On a file system without flock (some network mounts) a live holder's record still refuses."""
+    from reid_core.io import lock
+
+    monkeypatch.setattr(lock, "_try_flock", lambda fd: "unsupported")
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    record = {"host": socket.gethostname(), "started": "x", "command": "c"}
+    lock_path(run_dir).write_text(json.dumps({**record, "pid": os.getppid()}))  # alive
+    with pytest.raises(RunFolderLocked, match=f"pid {os.getppid()}"):
+        with run_folder_lock(run_dir):
+            pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_path(run_dir).write_text(json.dumps({**record, "pid": int(dead.stdout)}))
+    with run_folder_lock(run_dir):
+        assert read_holder(run_dir)["pid"] == os.getpid()
