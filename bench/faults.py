@@ -20,6 +20,10 @@ file was kept or read) and no temporary file is left. One JSON line per kill poi
 line:
 
   python bench/faults.py --points 60 --timer-points 10 --chain 3 --seed 0 --work /tmp/faults
+  python bench/faults.py --runner flow --points 6 --timer-points 2 --seed 1 --work /tmp/faults-flow
+
+``--runner flow`` kills the ``cluster-contrast`` Prefect flow instead of the plain loop; the harness
+starts one local ``prefect server`` for all children (as a deployment would have).
 
 ``--points`` write kill points are spread evenly over the three modes, each at a seeded write
 number; a run of the tiny pipeline makes 32 atomic writes (files and their stage records).
@@ -64,7 +68,19 @@ def child(args: argparse.Namespace) -> int:
     from reid_core.io import atomic
     from reid_core.pipeline import run_pipeline
 
-    df = run_pipeline(tiny_config(Path(args.run_dir), Path(args.data), args.rounds), progress=False)
+    cfg = tiny_config(Path(args.run_dir), Path(args.data), args.rounds)
+    if args.runner == "flow":
+        import pandas as pd
+
+        from flows.cluster_contrast import cluster_contrast
+
+        named = ("name", "dataset", "data_root", "backbone", "rounds", "cluster_method", "eps", "use_ise", "p", "k",
+                 "iters", "seed", "runs_dir")
+        overrides = {k: v for k, v in cfg.to_dict().items() if k not in named and v != getattr(type(cfg)(), k)}
+        out = cluster_contrast(**{k: getattr(cfg, k) for k in named}, overrides=overrides)
+        df = pd.read_parquet(out["metrics_path"])
+    else:
+        df = run_pipeline(cfg, progress=False)
     cols = [c for c in METRIC_COLUMNS if c in df.columns]
     # Python floats in JSON round-trip exactly (repr), so equality below is bit-for-bit
     rows = [{c: (None if v != v else v) for c, v in rec.items()} for rec in df[cols].astype(object).to_dict("records")]
@@ -73,15 +89,39 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+#: "plain" (reid_core.pipeline.run_pipeline) or "flow" (the cluster-contrast Prefect flow)
+RUNNER = ["plain"]
+
+
 def _child_cmd(run_dir: Path, data: Path, rounds: int) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "child", "--run-dir", str(run_dir), "--data", str(data),
-            "--rounds", str(rounds)]
+            "--rounds", str(rounds), "--runner", RUNNER[0]]
+
+
+#: environment of the Prefect server the flow children talk to (``--runner flow``)
+PREFECT_ENV: dict[str, str] = {}
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REID_FAULT_")}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra})
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **PREFECT_ENV, **extra})
     return env
+
+
+def start_prefect_server(home: Path) -> subprocess.Popen:
+    """A dedicated local Prefect server for the flow children: a killed flow then leaves no
+    temporary server behind, and each child connects instead of starting its own."""
+    from flows.serve import HOST, api_get, free_port, prefect_cli, prefect_env, wait_for
+
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    PREFECT_ENV.update({k: v for k, v in prefect_env(home, port, base={}).items() if k.startswith("PREFECT_")})
+    log = open(home / "server.log", "ab")
+    server = subprocess.Popen(prefect_cli() + ["server", "start", "--host", HOST, "--port", str(port), "--no-ui",
+                                               "--analytics-off"], env={**os.environ, **PREFECT_ENV}, cwd=REPO,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: api_get(PREFECT_ENV["PREFECT_API_URL"], "/health")[0] == 200, 300, "Prefect server", [server])
+    return server
 
 
 def run_child(run_dir: Path, data: Path, rounds: int, env: dict[str, str],
@@ -185,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--run-dir", required=True)
     c.add_argument("--data", required=True)
     c.add_argument("--rounds", type=int, default=2)
+    c.add_argument("--runner", default="plain", choices=["plain", "flow"])
     ap.add_argument("--points", type=int, default=60, help="write kill points (drawn from all modes x writes)")
     ap.add_argument("--timer-points", type=int, default=10, help="kills after a random delay")
     ap.add_argument("--modes", default=",".join(MODES))
@@ -192,10 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/faults", help="scratch folder (data + run folders)")
+    ap.add_argument("--runner", default="plain", choices=["plain", "flow"],
+                    help="kill the plain loop, or the cluster-contrast Prefect flow (a local Prefect server is "
+                         "started for the children)")
     args = ap.parse_args(argv)
     if args.cmd == "child":
         return child(args)
+    RUNNER[0] = args.runner
+    server = start_prefect_server(Path(args.work).resolve() / "prefect_home") if args.runner == "flow" else None
+    try:
+        return _harness(args)
+    finally:
+        if server is not None:
+            from flows.serve import stop_process
 
+            stop_process(server, "Prefect server")
+
+
+def _harness(args: argparse.Namespace) -> int:
     from reid_core.data.synthetic import generate_synthetic
 
     work = Path(args.work).resolve()
@@ -227,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             s["killed"] += int(rec["killed"])
             s["survived"] += int(rec["survived"] and rec["killed"])
     total = {k: sum(s[k] for s in summary.values()) for k in ("tried", "killed", "survived")}
-    print(json.dumps({"summary": summary, "total": total, "seed": args.seed, "writes_per_run": reference["writes"]}),
-          flush=True)
+    print(json.dumps({"summary": summary, "total": total, "seed": args.seed, "runner": args.runner,
+                      "writes_per_run": reference["writes"]}), flush=True)
     return 0 if total["survived"] == total["killed"] else 1
 
 
