@@ -111,3 +111,17 @@ def test_error_from_a_dataloader_worker_is_unwrapped():
         wrapped.reraise()
     assert "Traceback" in str(err.value)
     assert expected_error_message(err.value) == "/data/x.jpg: cannot read image (OSError: image file is truncated)"
+
+
+def test_unknown_or_missing_device_is_one_line():
+    import torch
+
+    from reid_core.device import pick_device
+
+    with pytest.raises(RuntimeError, match="device: 'gpu' is not a device name") as err:
+        pick_device("gpu")
+    assert expected_error_message(err.value).startswith("device: 'gpu' is not a device name")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="device: 'cuda' was requested but CUDA is not available") as err:
+            pick_device("cuda")
+        assert expected_error_message(err.value)
