@@ -154,6 +154,9 @@ def verify_run_folder(run_dir: Path) -> list[str]:
             if not f.exists() or file_digest(f) != digest:
                 problems.append(f"{f}: differs from its record")
     problems += [f"{t}: temporary file left" for t in run_dir.rglob("*.tmp")]
+    from reid_core.pipeline.verify import verify_run  # also: outputs without a record, unreadable files
+
+    problems += [p for p in verify_run(run_dir)["problems"] if p not in problems and "temporary file" not in p]
     if (run_dir / ".run.lock").exists():
         problems.append(f"{run_dir / '.run.lock'}: lock file left after a clean end")
     return problems

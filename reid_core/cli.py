@@ -156,6 +156,17 @@ def cmd_eps_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a run folder's files against their stage records; exit 1 when something is wrong."""
+    from .pipeline.verify import verify_run
+
+    report = verify_run(args.run_dir)
+    print(json.dumps(report, indent=2))
+    for problem in report["problems"]:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1 if report["problems"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reid", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -197,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps-step", type=float, default=0.05)
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_eps_sweep)
+
+    p = sub.add_parser("verify", help="check a run folder against its stage records (nothing recomputed)")
+    p.add_argument("run_dir", help="runs/<name>")
+    p.set_defaults(func=cmd_verify)
 
     from .cli_tools import add_user_commands
 

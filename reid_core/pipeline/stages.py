@@ -103,9 +103,14 @@ def index_images(dataset: str, data_root: str | Path, out_path: str | Path) -> P
         try:
             old = pd.read_parquet(out_path)[list(IMAGE_COLUMNS)]
             pd.testing.assert_frame_equal(old, df, check_dtype=False)
-            return out_path
+            same = True
         except Exception:  # unreadable or different old file: rewrite it
-            pass
+            same = False
+        if same:
+            digest = cache.stage_digest([out_path], {"stage": "index"})
+            if cache.staleness([out_path], digest) is not None:  # killed before its record was written
+                _done([out_path], digest, prof, {"n_images": len(df), "splits": df["split"].value_counts().to_dict()})
+            return out_path
     write_parquet(df, out_path)
     digest = cache.stage_digest([out_path], {"stage": "index"})
     _done([out_path], digest, prof, {"n_images": len(df), "splits": df["split"].value_counts().to_dict()})

@@ -15,8 +15,8 @@ import pytest
 
 from reid_core.errors import RunFolderDamaged, expected_error_message
 from reid_core.io.features_io import read_features, write_features
-from reid_core.io.hashing import file_digest
 from reid_core.pipeline import cache, round_paths, run_pipeline
+from reid_core.pipeline.verify import verify_run
 
 from tests.pipeline.test_loop import tiny_cfg
 
@@ -72,20 +72,20 @@ def test_damage_is_detected_and_recomputed(case, finished, tmp_path, caplog):
     shutil.copytree(ref_cfg.run_dir, cfg.run_dir)
     rel, damage = DAMAGE[case]
     target = cfg.run_dir / rel
+    assert verify_run(cfg.run_dir)["problems"] == []
     damage(target)
+    named = str(target).removesuffix(cache.SIDE_SUFFIX)
+    problems = verify_run(cfg.run_dir)["problems"]
+    assert problems and any(str(target) in p or named in p for p in problems), problems
     with caplog.at_level(logging.WARNING, logger="reid_core.pipeline.cache"):
         metrics = run_pipeline(cfg, progress=False)
-    named = str(target).removesuffix(cache.SIDE_SUFFIX)
     assert any("recomputing" in r.message and named in r.message for r in caplog.records), \
         [r.message for r in caplog.records]
     drop = ["elapsed_seconds", "round_seconds", "evaluate_seconds", "eval_extract_seconds", "config_json"]
     pd.testing.assert_frame_equal(ref_metrics.drop(columns=drop, errors="ignore"),
                                   metrics.drop(columns=drop, errors="ignore"))
     # every output now matches its record again
-    for side in cfg.run_dir.rglob("*" + cache.SIDE_SUFFIX):
-        meta = json.loads(side.read_text())
-        for name, digest in meta["output_digests"].items():
-            assert file_digest(side.parent / name) == digest, name
+    assert verify_run(cfg.run_dir)["problems"] == []
 
 
 def test_damaged_files_read_directly_name_the_file(finished, tmp_path):
@@ -166,3 +166,19 @@ def test_disk_full_leaves_no_partial_file_and_resumes(name, finished, tmp_path, 
     drop = ["elapsed_seconds", "round_seconds", "evaluate_seconds", "eval_extract_seconds", "config_json"]
     pd.testing.assert_frame_equal(ref_metrics.drop(columns=drop, errors="ignore"),
                                   metrics.drop(columns=drop, errors="ignore"))
+
+
+def test_reid_verify_reports_leftovers_of_a_killed_run(finished, tmp_path, capsys):
+    from reid_core import cli
+
+    ref_cfg, _ = finished
+    run_dir = tmp_path / "r"
+    shutil.copytree(ref_cfg.run_dir, run_dir)
+    assert cli.main(["verify", str(run_dir)]) == 0
+    (run_dir / "round_001" / ".features.parquet.abc.tmp").write_bytes(b"half")
+    cache.sidecar(run_dir / "round_001" / "ise_plan.parquet").unlink()
+    (run_dir / ".run.lock").write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": __import__("socket").gethostname()}))
+    assert cli.main(["verify", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "ise_plan.parquet: no stage record" in err and ".features.parquet.abc.tmp: temporary file" in err
+    assert "stale lock" in err
