@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_eps_sweep)
 
-    p = sub.add_parser("verify", help="check a run folder against its stage records (nothing recomputed)")
+    p = sub.add_parser("verify", help="check a run folder against its stage records")
     p.add_argument("run_dir", help="runs/<name>")
     p.set_defaults(func=cmd_verify)
 
