@@ -132,6 +132,9 @@ def begin_run(cfg: RunConfig, progress: bool, unit: str = "rounds") -> tuple[dic
     from reid_core.pipeline import loop
     from tasks import evaluate, index_images
 
+    from flows._server_guard import guard_temporary_server
+
+    guard_temporary_server()  # a SIGKILLed flow must not leave its temporary Prefect server running
     cfg_dict = cfg.to_dict()
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     loop.write_config(cfg)

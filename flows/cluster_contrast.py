@@ -17,6 +17,7 @@ from prefect import flow
 from prefect.artifacts import update_progress_artifact
 from prefect.logging import get_run_logger
 
+from reid_core.io.lock import run_folder_lock
 from reid_core.pipeline import cache, loop
 from tasks import (build_pseudo_labels, collect_metrics, evaluate, extract_features, plan_ise,
                    train_epoch, write_profile)
@@ -74,36 +75,38 @@ def cluster_contrast(
     if cfg.mode != "unsupervised":
         raise ValueError(f"overrides.mode={cfg.mode!r}: the cluster-contrast flow is unsupervised; "
                          "use the supervised flow for ground-truth training")
-    cfg_dict, progress_id, images = begin_run(cfg, progress, unit="rounds")
+    # one writer per run folder: a second run on it fails at once, naming this process
+    with run_folder_lock(cfg.run_dir):
+        cfg_dict, progress_id, images = begin_run(cfg, progress, unit="rounds")
 
-    checkpoint: Path | None = None
-    skipped: list[int] = []
-    for r in range(1, cfg.rounds + 1):
-        paths = loop.round_paths(cfg, r)
-        paths["features"].parent.mkdir(parents=True, exist_ok=True)
-        base = 100.0 * (r - 1) / cfg.rounds
-        span = (base, base + 100.0 * TRAIN_SHARE / cfg.rounds)
+        checkpoint: Path | None = None
+        skipped: list[int] = []
+        for r in range(1, cfg.rounds + 1):
+            paths = loop.round_paths(cfg, r)
+            paths["features"].parent.mkdir(parents=True, exist_ok=True)
+            base = 100.0 * (r - 1) / cfg.rounds
+            span = (base, base + 100.0 * TRAIN_SHARE / cfg.rounds)
 
-        feats = extract_features(images, checkpoint, cfg_dict, r, paths["features"], progress=progress)
-        labels = build_pseudo_labels(feats, cfg_dict, r, paths["pseudo_labels"], progress=progress, images_path=images,
-                                     previous_labels_path=loop.round_paths(cfg, r - 1)["pseudo_labels"])
-        if cache.read_meta(labels).get("n_clusters", 0) < 2:
-            logger.warning("round %d: clustering found fewer than 2 clusters (all outliers); training is skipped "
-                           "this round (checkpoint carried over). Try a larger eps.", r)
-            skipped.append(r)
-        if cfg.use_ise:
-            plan_ise(feats, labels, cfg_dict, r, paths["ise_plan"])
-        checkpoint, _ = train_epoch(images, labels, feats, checkpoint, cfg_dict, r, paths["checkpoint"],
-                                    paths["train_log"], progress_artifact_id=progress_id, progress_span=span,
-                                    progress=progress)
-        evaluate(images, checkpoint, cfg_dict, r, paths["metrics"], pseudo_labels_path=labels, progress=progress)
-        write_profile(cfg_dict, r)
-        update_progress_artifact(artifact_id=progress_id, progress=100.0 * r / cfg.rounds)
+            feats = extract_features(images, checkpoint, cfg_dict, r, paths["features"], progress=progress)
+            labels = build_pseudo_labels(feats, cfg_dict, r, paths["pseudo_labels"], progress=progress,
+                                         images_path=images, previous_labels_path=loop.round_paths(cfg, r - 1)["pseudo_labels"])
+            if cache.read_meta(labels).get("n_clusters", 0) < 2:
+                logger.warning("round %d: clustering found fewer than 2 clusters (all outliers); training is skipped "
+                               "this round (checkpoint carried over). Try a larger eps.", r)
+                skipped.append(r)
+            if cfg.use_ise:
+                plan_ise(feats, labels, cfg_dict, r, paths["ise_plan"])
+            checkpoint, _ = train_epoch(images, labels, feats, checkpoint, cfg_dict, r, paths["checkpoint"],
+                                        paths["train_log"], progress_artifact_id=progress_id, progress_span=span,
+                                        progress=progress)
+            evaluate(images, checkpoint, cfg_dict, r, paths["metrics"], pseudo_labels_path=labels, progress=progress)
+            write_profile(cfg_dict, r)
+            update_progress_artifact(artifact_id=progress_id, progress=100.0 * r / cfg.rounds)
 
-    metrics_path = collect_metrics(cfg_dict)
-    records = publish_run_artifacts(cfg, metrics_path, skipped, progress_id)
-    return {"run_dir": str(cfg.run_dir), "metrics_path": str(metrics_path), "metrics": records,
-            "skipped_rounds": skipped}
+        metrics_path = collect_metrics(cfg_dict)
+        records = publish_run_artifacts(cfg, metrics_path, skipped, progress_id)
+        return {"run_dir": str(cfg.run_dir), "metrics_path": str(metrics_path), "metrics": records,
+                "skipped_rounds": skipped}
 
 
 def main(argv: list[str] | None = None) -> None:

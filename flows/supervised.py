@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import update_progress_artifact
 
+from reid_core.io.lock import run_folder_lock
 from reid_core.pipeline import loop
 from tasks import collect_metrics, evaluate, ground_truth_labels, train_epoch, write_profile
 
@@ -40,22 +41,24 @@ def supervised(
                  supervised_loss=loss, p=p, k=k, iters=iters, seed=seed, runs_dir=runs_dir, mode="supervised",
                  use_ise=False)
     cfg = build_config(named, overrides)
-    cfg_dict, progress_id, images = begin_run(cfg, progress, unit="epochs")
-    checkpoint: Path | None = None
-    for r in range(1, cfg.rounds + 1):
-        paths = loop.round_paths(cfg, r)
-        paths["pseudo_labels"].parent.mkdir(parents=True, exist_ok=True)
-        base = 100.0 * (r - 1) / cfg.rounds
-        labels = ground_truth_labels(images, paths["pseudo_labels"], r)
-        checkpoint, _ = train_epoch(images, labels, None, checkpoint, cfg_dict, r, paths["checkpoint"],
-                                    paths["train_log"], progress_artifact_id=progress_id,
-                                    progress_span=(base, base + 90.0 / cfg.rounds), progress=progress)
-        evaluate(images, checkpoint, cfg_dict, r, paths["metrics"], pseudo_labels_path=labels, progress=progress)
-        write_profile(cfg_dict, r)
-        update_progress_artifact(artifact_id=progress_id, progress=100.0 * r / cfg.rounds)
-    metrics_path = collect_metrics(cfg_dict)
-    records = publish_run_artifacts(cfg, metrics_path, [], progress_id)
-    return {"run_dir": str(cfg.run_dir), "metrics_path": str(metrics_path), "metrics": records}
+    # one writer per run folder: a second run on it fails at once, naming this process
+    with run_folder_lock(cfg.run_dir):
+        cfg_dict, progress_id, images = begin_run(cfg, progress, unit="epochs")
+        checkpoint: Path | None = None
+        for r in range(1, cfg.rounds + 1):
+            paths = loop.round_paths(cfg, r)
+            paths["pseudo_labels"].parent.mkdir(parents=True, exist_ok=True)
+            base = 100.0 * (r - 1) / cfg.rounds
+            labels = ground_truth_labels(images, paths["pseudo_labels"], r)
+            checkpoint, _ = train_epoch(images, labels, None, checkpoint, cfg_dict, r, paths["checkpoint"],
+                                        paths["train_log"], progress_artifact_id=progress_id,
+                                        progress_span=(base, base + 90.0 / cfg.rounds), progress=progress)
+            evaluate(images, checkpoint, cfg_dict, r, paths["metrics"], pseudo_labels_path=labels, progress=progress)
+            write_profile(cfg_dict, r)
+            update_progress_artifact(artifact_id=progress_id, progress=100.0 * r / cfg.rounds)
+        metrics_path = collect_metrics(cfg_dict)
+        records = publish_run_artifacts(cfg, metrics_path, [], progress_id)
+        return {"run_dir": str(cfg.run_dir), "metrics_path": str(metrics_path), "metrics": records}
 
 
 if __name__ == "__main__":

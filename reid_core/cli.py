@@ -43,7 +43,13 @@ def config_from_args(args: argparse.Namespace, **defaults):
 
     values = dict(defaults)
     if getattr(args, "config", None):
-        values.update(json.loads(Path(args.config).read_text()))
+        try:
+            loaded = json.loads(Path(args.config).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{args.config}: not a JSON file of RunConfig fields ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: expected a JSON object of RunConfig fields, got {type(loaded).__name__}")
+        values.update(loaded)
     for f in dataclasses.fields(RunConfig):
         v = getattr(args, f.name, None)
         if v is not None:
@@ -60,7 +66,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import stages
     from .pipeline.loop import run_provenance
 
-    cfg = config_from_args(args, name="evaluate", dataset="market1501", data_root=DEFAULT_MARKET, rounds=0)
+    defaults = dict(name="evaluate", dataset="market1501", data_root=DEFAULT_MARKET, rounds=0)
+    if args.checkpoint and args.backbone is None:  # the checkpoint says which backbone it holds
+        from .query import resolve_model
+
+        defaults["backbone"] = resolve_model(args.checkpoint).backbone
+    cfg = config_from_args(args, **defaults)
     out = Path(args.out) if args.out else cfg.run_dir / "evaluate.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     images = stages.index_images(cfg.dataset, cfg.data_root, out.parent / "images.parquet")
@@ -145,9 +156,21 @@ def cmd_eps_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a run folder's files against their stage records; exit 1 when something is wrong."""
+    from .pipeline.verify import verify_run
+
+    report = verify_run(args.run_dir)
+    print(json.dumps(report, indent=2))
+    for problem in report["problems"]:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1 if report["problems"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reid", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress and show the traceback of an error (errors are one line otherwise)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("evaluate", help="score a backbone (no training) or a checkpoint")
@@ -186,18 +209,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_eps_sweep)
 
+    p = sub.add_parser("verify", help="check a run folder against its stage records")
+    p.add_argument("run_dir", help="runs/<name>")
+    p.set_defaults(func=cmd_verify)
+
     from .cli_tools import add_user_commands
 
     add_user_commands(sub)
+    # --verbose is global, but also accepted after the command (reid run --verbose ...)
+    for p in sub.choices.values():
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="log progress and show the traceback of an error")
     return parser
 
 
+#: exit status of an expected error (bad input file or field, missing file, bad config value, ...)
+EXIT_EXPECTED_ERROR = 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``reid`` command. An expected error (see :mod:`reid_core.errors`) prints one line,
+    ``error: <file or field>: <problem>``, on stderr and returns 2; ``--verbose`` adds the
+    traceback. Any other exception is a bug and propagates with its traceback."""
+    from .errors import expected_error_message
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:
+        message = expected_error_message(exc)
+        if message is None:
+            raise
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_EXPECTED_ERROR
 
 
 if __name__ == "__main__":

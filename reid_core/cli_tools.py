@@ -41,9 +41,9 @@ def _check_image_paths(args: argparse.Namespace, src, limit: int) -> list[str]:
     elif (Path(DEFAULT_MARKET) / "query").is_dir():
         paths = list_queries([Path(DEFAULT_MARKET) / "query"])["path"].tolist()
     else:
-        raise SystemExit("reid export: no images to check the ONNX model with; pass --check-images FOLDER")
+        raise ValueError("--check-images: no images to check the ONNX model with; pass --check-images FOLDER")
     if not paths:
-        raise SystemExit("reid export: --check-images holds no images")
+        raise ValueError(f"{args.check_images}: --check-images holds no images")
     # spread over the set (Market names sort by identity)
     step = max(1, len(paths) // limit)
     return paths[::step][:limit]
@@ -58,7 +58,7 @@ def _onnx_map(session, data_root: str, height: int, width: int) -> dict[str, flo
     q = images[images["split"] == "query"]
     g = images[images["split"] == "gallery"]
     if q.empty or g.empty:
-        raise SystemExit(f"reid export: {data_root} has no query/gallery split for the mAP comparison")
+        raise ValueError(f"{data_root}: no query/gallery split for the mAP comparison (--eval-data)")
     t0 = time.perf_counter()
     feats = onnx_features(session, q["path"].tolist() + g["path"].tolist(), height, width)
     res = evaluate_features(feats[:len(q)], feats[len(q):], q["pid"].to_numpy(), g["pid"].to_numpy(),
@@ -74,7 +74,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .query import load_model, resolve_model
 
     if args.format != "onnx":
-        raise SystemExit(f"reid export: format {args.format!r} is not supported (onnx)")
+        raise ValueError(f"--format: {args.format!r} is not supported (onnx)")
     src = resolve_model(args.checkpoint, backbone=args.backbone, height=args.height, width=args.width)
     model = load_model(src)
     out = Path(args.out)

@@ -23,9 +23,18 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
         return device
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    from .errors import ReidError
+
+    class DeviceError(ReidError, RuntimeError):
+        """An unknown or unavailable device (a RuntimeError, as before; shown as one line by the CLI)."""
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise DeviceError(f"device: {device!r} is not a device name ({exc}); use 'cpu', 'cuda' or 'auto'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but CUDA is not available on this machine; use 'cpu' or 'auto'")
+        raise DeviceError(f"device: {device!r} was requested but CUDA is not available on this machine; "
+                          "use 'cpu' or 'auto'")
     return dev
 
 

@@ -76,15 +76,22 @@ def load_image_uint8(path: str | os.PathLike, height: int, width: int) -> np.nda
         raise FileNotFoundError(f"{path}: image file does not exist") from exc
     except OSError as exc:
         raise ValueError(f"{path}: cannot read image file ({exc})") from exc
+    from .data.dataset import check_image_size, to_rgb
+
+    if data.size == 0:
+        raise ValueError(f"{path}: empty (0-byte) image file")
     try:
-        arr = _decode_jpeg_rgb(data) if data[:3].tobytes() == _JPEG_MAGIC else None
-        if arr is None:
-            with Image.open(io.BytesIO(data.tobytes())) as img:
-                arr = np.asarray(img.convert("RGB"))
+        with Image.open(io.BytesIO(data.tobytes())) as img:  # header only: size check before any decode
+            check_image_size(path, img.size)
+            arr = _decode_jpeg_rgb(data) if data[:3].tobytes() == _JPEG_MAGIC else None
+            if arr is None:
+                arr = np.asarray(to_rgb(img))
         if arr.shape[:2] != (height, width):
             arr = np.asarray(Image.fromarray(arr).resize((width, height), Image.BICUBIC))
         return arr
     except Exception as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith(os.fspath(path)):
+            raise
         raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
 
 

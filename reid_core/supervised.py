@@ -177,7 +177,10 @@ def train_supervised_epoch(model: nn.Module, objective: Objective, paths: Sequen
                     out = model(imgs, return_dict=True)
                 loss, stats = objective(out, labs)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"train_supervised_epoch: loss {loss.item()} at epoch {epoch}, iteration {i}: {stats}")
+                    from .errors import NonFiniteLossError
+
+                    raise NonFiniteLossError(f"train_supervised_epoch: loss {loss.item()} at epoch {epoch}, "
+                                             f"iteration {i}: {stats}", iteration=i, value=float(loss.item()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

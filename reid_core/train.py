@@ -446,9 +446,12 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
                     extra_stats.update(more_stats)
                     loss = loss + extra_value
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"train_epoch: loss is {loss.item()} at epoch {epoch}, iteration {i} "
+                    from .errors import NonFiniteLossError
+
+                    raise NonFiniteLossError(f"train_epoch: loss is {loss.item()} at epoch {epoch}, iteration {i} "
                                              f"(memory loss {stats['loss_memory']}, lp {stats['loss_lp']}"
-                                             f"{', ' + str(extra_stats) if extra_stats else ''})")
+                                             f"{', ' + str(extra_stats) if extra_stats else ''})",
+                                             iteration=i, value=float(loss.item()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

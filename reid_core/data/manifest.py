@@ -139,12 +139,21 @@ def load_manifest(
             "split": pd.Series(splits, dtype=object),
         }
     )
+    outside = np.array([i for i, (p, a) in enumerate(zip(paths, abs_paths))
+                        if not os.path.isabs(p) and os.path.commonpath([str(base), a]) != str(base)], dtype=np.int64)
+    if len(outside):
+        raise ValueError(f"{manifest}: relative path(s) leave the dataset root {base} in rows {_rows(outside)} "
+                         f"(e.g. {paths[outside[0]]}); use a path under the root, or an absolute path")
     dup = out.duplicated(["path", "split"], keep="first").to_numpy()
     if dup.any():
         rows = np.flatnonzero(dup)
         raise ValueError(f"{manifest}: image listed twice in the same split in rows {_rows(rows)} (e.g. {paths[rows[0]]})")
     if check_files:
         missing = np.array([i for i, p in enumerate(abs_paths) if not os.path.isfile(p)], dtype=np.int64)
+        loops = [i for i in missing if os.path.islink(abs_paths[i])]
+        if loops:
+            raise ValueError(f"{manifest}: rows {_rows(np.asarray(loops))} are broken symlinks or symlink loops "
+                             f"(first: {abs_paths[loops[0]]})")
         if len(missing):
             raise FileNotFoundError(
                 f"{manifest}: {len(missing)} listed image(s) do not exist, rows {_rows(missing)} "

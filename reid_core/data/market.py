@@ -76,6 +76,18 @@ def _find_root(root: Path, splits: Iterable[str]) -> Path:
     return root
 
 
+def _is_image_file(e: os.DirEntry) -> bool:
+    """``e.is_file()`` with clear errors for names that cannot be stored and links that lead nowhere."""
+    try:
+        e.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{os.fsencode(e.path)!r}: file name is not valid UTF-8; rename the file") from None
+    try:
+        return e.is_file()
+    except OSError as exc:  # ELOOP: a symlink loop
+        raise ValueError(f"{e.path}: cannot open ({exc.strerror}; a symlink loop?)") from exc
+
+
 def _verify_image(path: str) -> None:
     from PIL import Image
 
@@ -132,10 +144,8 @@ def load_market1501(
                 f"{folder}: split folder for '{split}' is missing (expected {MARKET_FOLDERS[split]}/ under {root})"
             )
         with os.scandir(folder) as it:
-            entries = sorted(
-                (e for e in it if e.name.lower().endswith(".jpg") and not e.name.startswith(".") and e.is_file()),
-                key=lambda e: e.name,
-            )
+            entries = sorted((e for e in it if e.name.lower().endswith(".jpg") and not e.name.startswith(".")
+                              and _is_image_file(e)), key=lambda e: e.name)
         if not entries:
             raise ValueError(f"{folder}: split folder for '{split}' contains no .jpg images")
         n_junk = 0

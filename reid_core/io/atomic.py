@@ -3,6 +3,7 @@ into place only when complete, so a crash never leaves a half-written file under
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -26,7 +27,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fault_point(target, tmp_path, "before_rename")
         os.replace(tmp_path, target)
+        _fault_point(target, None, "after_rename")
+    except OSError as exc:
+        if _is_disk_full(exc) and exc.filename != str(target):
+            # writers (pyarrow, torch) often drop the file name: give it back, as the one-line error needs it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -82,8 +90,55 @@ def read_parquet(path: str | os.PathLike, required: Iterable[str] = ()) -> pd.Da
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from exc
+        from ..errors import RunFolderDamaged
+
+        raise RunFolderDamaged(f"{path}: not a readable Parquet file ({exc})") from exc
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
     return df
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files (``.<name>.*.tmp``) a killed writer left under ``folder``; returns
+    how many. Call it only while holding the folder's run lock (no live writer owns them then)."""
+    n = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        if tmp.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                n += 1
+    return n
+
+
+def _is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) or "No space left on device" in str(exc)
+
+
+#: fault injection for bench/faults.py (off unless the variable is set): ``REID_FAULT_KILL_AT_WRITE=N``
+#: SIGKILLs this process at its N-th atomic write; ``REID_FAULT_MODE`` says where: ``mid_write``
+#: (the temporary file cut to half its size, as if killed while writing), ``before_rename`` (the
+#: temporary file complete) or ``after_rename`` (the file in place, its stage record not yet written)
+_FAULT_ENV = "REID_FAULT_KILL_AT_WRITE"
+_FAULT_MODE_ENV = "REID_FAULT_MODE"
+_writes = [0]
+
+
+def _fault_point(target: Path, tmp: Path | None = None, phase: str = "before_rename") -> None:
+    at = os.environ.get(_FAULT_ENV)
+    if not at:
+        return
+    mode = os.environ.get(_FAULT_MODE_ENV, "before_rename")
+    if mode != phase and not (mode == "mid_write" and phase == "before_rename"):
+        return
+    _writes[0] += 1
+    if _writes[0] != int(at):
+        return
+    import signal
+    import sys
+
+    if mode == "mid_write" and tmp is not None and tmp.exists():
+        with open(tmp, "r+b") as fh:
+            fh.truncate(tmp.stat().st_size // 2)
+    print(f"fault: SIGKILL at atomic write {_writes[0]} ({mode}, {target})", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -4,15 +4,19 @@ paths, so two run folders never share results by accident and a moved folder sti
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..errors import RunFolderDamaged
 from ..io.atomic import atomic_path
 from ..io.hashing import file_digest, params_digest
 
 SIDE_SUFFIX = ".stage.json"
+
+log = logging.getLogger(__name__)
 
 
 def sidecar(output: str | os.PathLike) -> Path:
@@ -28,25 +32,53 @@ def stage_digest(inputs: Iterable[str | os.PathLike | None], params: dict[str, A
     return params_digest({"inputs": parts, "params": params})
 
 
-def is_fresh(outputs: Iterable[str | os.PathLike], digest: str) -> bool:
+def staleness(outputs: Iterable[str | os.PathLike], digest: str) -> tuple[str, str] | None:
+    """``None`` when the outputs are fresh, else ``(kind, reason)``.
+
+    ``kind`` is ``"new"`` (outputs not written yet), ``"changed"`` (inputs or parameters changed: a
+    normal recompute) or ``"damaged"`` (an output exists but its sidecar is missing, unreadable or
+    records other bytes than the file holds: an interrupted or edited write, a truncated or
+    replaced file). A damaged output is never used: the stage recomputes it.
+    """
     outputs = [Path(o) for o in outputs]
-    if not outputs or not all(o.exists() for o in outputs):
-        return False
-    side = sidecar(outputs[0])
-    if not side.exists():
-        return False
+    present = [o for o in outputs if o.exists()]
+    side = sidecar(outputs[0]) if outputs else None
+    if not present:
+        return ("new", "not computed yet")
+    if side is None or not side.exists():
+        return ("damaged", f"{present[0]}: exists without its {SIDE_SUFFIX} record (an interrupted stage or a "
+                           "deleted sidecar)")
+    if len(present) < len(outputs):
+        missing = next(o for o in outputs if not o.exists())
+        return ("damaged", f"{missing}: missing although {side.name} records it")
     try:
         meta = json.loads(side.read_text())
-    except (OSError, ValueError):
-        return False
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        return ("damaged", f"{side}: unreadable stage record ({exc})")
     if meta.get("digest") != digest:
-        return False
-    # an output replaced after the stage finished is stale too
-    recorded = meta.get("output_digests", {})
+        return ("changed", "inputs or parameters changed")
+    # an output replaced, truncated or edited after the stage finished is stale too
+    recorded = meta.get("output_digests")
+    if not isinstance(recorded, dict):
+        return ("damaged", f"{side}: stage record has no output digests")
     for o in outputs:
         if recorded.get(o.name) != file_digest(o):
-            return False
-    return True
+            return ("damaged", f"{o}: content differs from what {side.name} recorded (truncated, damaged or "
+                               "replaced)")
+    return None
+
+
+def is_fresh(outputs: Iterable[str | os.PathLike], digest: str) -> bool:
+    """Whether the stage may skip itself; a damaged output is logged (warning) and recomputed."""
+    state = staleness(outputs, digest)
+    if state is None:
+        return True
+    kind, reason = state
+    if kind == "damaged":
+        log.warning("recomputing: %s", reason)
+    return False
 
 
 def mark_done(outputs: Iterable[str | os.PathLike], digest: str, extra: dict[str, Any] | None = None) -> Path:
@@ -64,7 +96,14 @@ def mark_done(outputs: Iterable[str | os.PathLike], digest: str, extra: dict[str
 
 
 def read_meta(output: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar of ``output`` (``{}`` when there is none; an unreadable one names its file)."""
     side = sidecar(output)
     if not side.exists():
         return {}
-    return json.loads(side.read_text())
+    try:
+        meta = json.loads(side.read_text())
+    except ValueError as exc:
+        raise RunFolderDamaged(f"{side}: unreadable stage record ({exc}); delete it to recompute the stage") from exc
+    if not isinstance(meta, dict):
+        raise RunFolderDamaged(f"{side}: stage record is not a JSON object; delete it to recompute the stage")
+    return meta

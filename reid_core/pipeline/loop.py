@@ -122,6 +122,15 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, budget_seconds: float | 
     round (benchmarks append it to their Parquet so a cut-off run keeps its finished rows).
     Returns the metrics of all finished rounds (also written to ``<run>/metrics.parquet``).
     """
+    from ..io.lock import run_folder_lock
+
+    # one writer per run folder: a second run on it fails at once, naming this process
+    with run_folder_lock(cfg.run_dir):
+        return _run_rounds(cfg, progress, budget_seconds, on_round)
+
+
+def _run_rounds(cfg: RunConfig, progress: bool, budget_seconds: float | None,
+                on_round: Callable[[int, pd.DataFrame], None] | None) -> pd.DataFrame:
     import time
 
     start = time.perf_counter()

@@ -54,12 +54,21 @@ def _train_view(images: pd.DataFrame) -> pd.DataFrame:
 def _build_or_load_model(checkpoint_path: str | Path | None, cfg: RunConfig, device):
     from ..models import build_model, model_from_checkpoint
 
-    if checkpoint_path is not None:
-        return model_from_checkpoint(checkpoint_path, device)
-    if cfg.init_checkpoint:
-        return model_from_checkpoint(cfg.init_checkpoint, device)
+    if checkpoint_path is not None or cfg.init_checkpoint:
+        path = checkpoint_path if checkpoint_path is not None else cfg.init_checkpoint
+        model = model_from_checkpoint(path, device)
+        _check_backbone(model, path, cfg)
+        return model
     model = build_model(cfg.backbone, pretrained=cfg.pretrained)
     return model.to(device)
+
+
+def _check_backbone(model, path, cfg: RunConfig) -> None:
+    """A checkpoint of another backbone would run under the wrong name (and the wrong feature size)."""
+    found = getattr(model, "config", {}).get("name")
+    if found is not None and found != cfg.backbone:
+        raise ValueError(f"{path}: checkpoint holds a {found} model, but RunConfig.backbone is {cfg.backbone}; "
+                         f"set backbone={found} or use a {cfg.backbone} checkpoint")
 
 
 def round_seed(cfg: RunConfig, round_idx: int) -> int:
@@ -94,9 +103,14 @@ def index_images(dataset: str, data_root: str | Path, out_path: str | Path) -> P
         try:
             old = pd.read_parquet(out_path)[list(IMAGE_COLUMNS)]
             pd.testing.assert_frame_equal(old, df, check_dtype=False)
-            return out_path
+            same = True
         except Exception:  # unreadable or different old file: rewrite it
-            pass
+            same = False
+        if same:
+            digest = cache.stage_digest([out_path], {"stage": "index"})
+            if cache.staleness([out_path], digest) is not None:  # killed before its record was written
+                _done([out_path], digest, prof, {"n_images": len(df), "splits": df["split"].value_counts().to_dict()})
+            return out_path
     write_parquet(df, out_path)
     digest = cache.stage_digest([out_path], {"stage": "index"})
     _done([out_path], digest, prof, {"n_images": len(df), "splits": df["split"].value_counts().to_dict()})
@@ -364,13 +378,16 @@ def _model_for_training(checkpoint_in, cfg: RunConfig, device, num_classes: int)
     from ..models import model_from_checkpoint
 
     if checkpoint_in is not None:
-        return model_from_checkpoint(checkpoint_in, device), load_checkpoint(checkpoint_in, map_location="cpu")
+        model = model_from_checkpoint(checkpoint_in, device)
+        _check_backbone(model, checkpoint_in, cfg)
+        return model, load_checkpoint(checkpoint_in, map_location="cpu")
     if cfg.mode == "supervised":
         from ..supervised import build_supervised_model
 
         model = build_supervised_model(cfg.backbone, cfg.pretrained, num_classes, cfg.supervised_loss)
         if cfg.init_checkpoint:
             init = model_from_checkpoint(cfg.init_checkpoint, "cpu")
+            _check_backbone(init, cfg.init_checkpoint, cfg)
             result = model.load_state_dict(init.state_dict(), strict=False)
             log.info("initialised from %s (missing %s)", cfg.init_checkpoint, result.missing_keys)
         return model.to(device), {}
@@ -388,11 +405,7 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
     pseudo-labels (+ ISE, + optional metric losses on pseudo-labels). Supervised: the
     ``cfg.supervised_loss`` objective on ground-truth labels (from :func:`ground_truth_labels`).
     """
-    from ..device import pick_device, set_seed
-    from ..io.checkpoint import save_checkpoint
-    from ..models import model_checkpoint_state
-    from ..train import (build_camera_memory, build_ise, build_memory, build_optimizer, build_scheduler,
-                         set_adam_options_, train_epoch)
+    from ..errors import NonFiniteLossError
 
     out_checkpoint, out_log = Path(out_checkpoint), Path(out_log)
     params = {"stage": "train", **cfg.train_params(), "round": round_idx, "init_checkpoint": cfg.init_checkpoint,
@@ -400,6 +413,25 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
     digest = cache.stage_digest([images_path, pseudo_labels_path, features_path, checkpoint_in], params)
     if cache.is_fresh([out_checkpoint, out_log], digest):
         return out_checkpoint, out_log
+
+    try:
+        return _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg, round_idx,
+                            out_checkpoint, out_log, digest, on_progress, progress)
+    except NonFiniteLossError as exc:
+        # nothing of this round was written: the previous round's checkpoint stays the latest
+        raise NonFiniteLossError(
+            f"{out_checkpoint}: round {round_idx}, iteration {exc.iteration}: loss is {exc.value}; the round is "
+            f"stopped and nothing written, the latest checkpoint stays {checkpoint_in or 'the initial model'} "
+            f"(try a lower lr, or bf16=false)", iteration=exc.iteration, value=exc.value) from exc
+
+
+def _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg: RunConfig, round_idx: int,
+                 out_checkpoint: Path, out_log: Path, digest: str, on_progress, progress: bool) -> tuple[Path, Path]:
+    from ..device import pick_device, set_seed
+    from ..io.checkpoint import save_checkpoint
+    from ..models import model_checkpoint_state
+    from ..train import (build_camera_memory, build_ise, build_memory, build_optimizer, build_scheduler,
+                         set_adam_options_, train_epoch)
 
     images = read_parquet(images_path, required=IMAGE_COLUMNS)
     train_view = _train_view(images)  # never carries pid

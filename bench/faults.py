@@ -1,0 +1,294 @@
+"""Kill anywhere: SIGKILL a tiny synthetic run at seeded points, rerun it, and demand the metrics of
+an uninterrupted run.
+
+One child process runs the plain loop (``reid_core.pipeline.run_pipeline``, 2 rounds on a tiny
+synthetic set). Kill points:
+
+* ``write:<mode>:<N>``: the child SIGKILLs itself at its N-th atomic write
+  (``REID_FAULT_KILL_AT_WRITE=N``, hook in ``reid_core.io.atomic``), in one of three places:
+  ``mid_write`` (temporary file cut to half, as if killed while writing a Parquet file or a
+  checkpoint), ``before_rename`` (temporary file complete, not yet in place) or ``after_rename``
+  (file in place, its ``.stage.json`` record not yet written);
+* ``timer:<seconds>``: the harness SIGKILLs the child after a seeded random delay (anywhere:
+  inside training, a decoder, a Parquet writer...).
+
+Kills come in seeded chains (``--chain``, default 3): the run is killed, its rerun is killed at the
+next point, and so on; then it is rerun in a fresh child to the end. The kill points of a chain
+*survive* when that final rerun exits 0, its metrics (every round: mAP, rank1, rank5, mINP, nmi, ari, clusters, outliers) equal
+the uninterrupted run's exactly, every file matches the SHA-256 its stage recorded (no partial
+file was kept or read) and no temporary file is left. One JSON line per kill point, then a summary
+line:
+
+  python bench/faults.py --points 60 --timer-points 10 --chain 3 --seed 0 --work /tmp/faults
+  python bench/faults.py --runner flow --points 6 --timer-points 2 --seed 1 --work /tmp/faults-flow
+
+``--runner flow`` kills the ``cluster-contrast`` Prefect flow instead of the plain loop; the harness
+starts one local ``prefect server`` for all children (as a deployment would have).
+
+``--points`` write kill points are spread evenly over the three modes, each at a seeded write
+number; a run of the tiny pipeline makes 32 atomic writes (files and their stage records).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODES = ("mid_write", "before_rename", "after_rename")
+METRIC_COLUMNS = ("round", "mAP", "rank1", "rank5", "mINP", "nmi", "ari", "n_clusters", "n_outliers")
+
+
+def tiny_config(run_dir: Path, data: Path, rounds: int = 2):
+    from reid_core.pipeline import RunConfig
+
+    return RunConfig(name=run_dir.name, runs_dir=str(run_dir.parent), dataset="market1501", data_root=str(data),
+                     rounds=rounds, iters=2, p=4, k=4, height=64, width=32, extract_batch_size=32, num_workers=0,
+                     min_samples=2, k1=6, k2=3, eps=0.7, device="cpu", bf16=False, seed=0)
+
+
+def child(args: argparse.Namespace) -> int:
+    """The run that gets killed: the plain loop, then its metrics as one JSON line on stdout."""
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    from reid_core.io import atomic
+    from reid_core.pipeline import run_pipeline
+
+    cfg = tiny_config(Path(args.run_dir), Path(args.data), args.rounds)
+    if args.runner == "flow":
+        import pandas as pd
+
+        from flows.cluster_contrast import cluster_contrast
+
+        named = ("name", "dataset", "data_root", "backbone", "rounds", "cluster_method", "eps", "use_ise", "p", "k",
+                 "iters", "seed", "runs_dir")
+        overrides = {k: v for k, v in cfg.to_dict().items() if k not in named and v != getattr(type(cfg)(), k)}
+        out = cluster_contrast(**{k: getattr(cfg, k) for k in named}, overrides=overrides)
+        df = pd.read_parquet(out["metrics_path"])
+    else:
+        df = run_pipeline(cfg, progress=False)
+    cols = [c for c in METRIC_COLUMNS if c in df.columns]
+    # Python floats in JSON round-trip exactly (repr), so equality below is bit-for-bit
+    rows = [{c: (None if v != v else v) for c, v in rec.items()} for rec in df[cols].astype(object).to_dict("records")]
+    rows = [{c: (v.item() if hasattr(v, "item") else v) for c, v in rec.items()} for rec in rows]
+    print(json.dumps({"metrics": rows, "writes": atomic._writes[0]}), flush=True)
+    return 0
+
+
+#: "plain" (reid_core.pipeline.run_pipeline) or "flow" (the cluster-contrast Prefect flow)
+RUNNER = ["plain"]
+
+
+def _child_cmd(run_dir: Path, data: Path, rounds: int) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "child", "--run-dir", str(run_dir), "--data", str(data),
+            "--rounds", str(rounds), "--runner", RUNNER[0]]
+
+
+#: environment of the Prefect server the flow children talk to (``--runner flow``)
+PREFECT_ENV: dict[str, str] = {}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REID_FAULT_")}
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **PREFECT_ENV, **extra})
+    return env
+
+
+def start_prefect_server(home: Path) -> subprocess.Popen:
+    """A dedicated local Prefect server for the flow children: a killed flow then leaves no
+    temporary server behind, and each child connects instead of starting its own."""
+    from flows.serve import HOST, api_get, free_port, prefect_cli, prefect_env, wait_for
+
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    PREFECT_ENV.update({k: v for k, v in prefect_env(home, port, base={}).items() if k.startswith("PREFECT_")})
+    log = open(home / "server.log", "ab")
+    server = subprocess.Popen(prefect_cli() + ["server", "start", "--host", HOST, "--port", str(port), "--no-ui",
+                                               "--analytics-off"], env={**os.environ, **PREFECT_ENV}, cwd=REPO,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: api_get(PREFECT_ENV["PREFECT_API_URL"], "/health")[0] == 200, 300, "Prefect server", [server])
+    return server
+
+
+def run_child(run_dir: Path, data: Path, rounds: int, env: dict[str, str],
+              kill_after: float | None = None) -> tuple[int, dict[str, Any] | None, str]:
+    proc = subprocess.Popen(_child_cmd(run_dir, data, rounds), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO)
+    if kill_after is not None:
+        try:
+            proc.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+    out, err = proc.communicate()
+    result = None
+    for line in out.splitlines():
+        if line.startswith("{"):
+            result = json.loads(line)
+    return proc.returncode, result, err
+
+
+def verify_run_folder(run_dir: Path) -> list[str]:
+    """Problems of a finished run folder: outputs that differ from their stage records, temporaries."""
+    from reid_core.io.hashing import file_digest
+    from reid_core.pipeline import cache
+
+    problems = []
+    for side in run_dir.rglob("*" + cache.SIDE_SUFFIX):
+        meta = json.loads(side.read_text())
+        for name, digest in meta.get("output_digests", {}).items():
+            f = side.parent / name
+            if not f.exists() or file_digest(f) != digest:
+                problems.append(f"{f}: differs from its record")
+    problems += [f"{t}: temporary file left" for t in run_dir.rglob("*.tmp")]
+    from reid_core.pipeline.verify import verify_run  # also: outputs without a record, unreadable files
+
+    problems += [p for p in verify_run(run_dir)["problems"] if p not in problems and "temporary file" not in p]
+    if (run_dir / ".run.lock").exists():
+        problems.append(f"{run_dir / '.run.lock'}: lock file left after a clean end")
+    return problems
+
+
+def _kill(point: str, run_dir: Path, data: Path, rounds: int) -> tuple[bool, str | None, int, str]:
+    kind, *rest = point.split(":")
+    if kind == "write":
+        mode, n = rest
+        rc, _, err = run_child(run_dir, data, rounds, _env(REID_FAULT_KILL_AT_WRITE=n, REID_FAULT_MODE=mode))
+        where = next((ln.split("(", 1)[1].rstrip(")") for ln in err.splitlines() if ln.startswith("fault: SIGKILL")),
+                     None)
+    else:
+        rc, _, err = run_child(run_dir, data, rounds, _env(), kill_after=float(rest[0]))
+        where = None
+    return rc == -signal.SIGKILL, where, rc, err
+
+
+def kill_chain(points: list[str], work: Path, data: Path, rounds: int,
+               reference: dict[str, Any]) -> list[dict[str, Any]]:
+    """Kill one run at each of ``points`` in turn (each kill in the rerun of the previous one), then
+    rerun it to the end and compare. Returns one JSON record per point."""
+    t0 = time.perf_counter()
+    run_dir = work / "runs" / points[0].replace(":", "_").replace(".", "_")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    records = []
+    for point in points:
+        killed, where, rc, err = _kill(point, run_dir, data, rounds)
+        records.append({"point": point, "killed": killed, "where": where, "kill_exit": rc,
+                        "error": None if killed or rc == 0 else err.strip()[-300:]})
+    rc2, result, err2 = run_child(run_dir, data, rounds, _env())
+    problems = verify_run_folder(run_dir) if rc2 == 0 else [f"rerun exited {rc2}: {err2.strip()[-500:]}"]
+    same = result is not None and result["metrics"] == reference["metrics"]
+    if rc2 == 0 and not same:
+        problems.append("metrics differ from the uninterrupted run")
+    for rec in records:
+        ok = rc2 == 0 and same and not problems and rec["kill_exit"] in (0, -signal.SIGKILL)
+        rec.update({"chain": points[0], "rerun_exit": rc2, "identical_metrics": same, "survived": ok,
+                    "problems": problems})
+    records[-1]["chain_seconds"] = round(time.perf_counter() - t0, 1)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return records
+
+
+def draw_points(n_writes: int, points: int, timer_points: int, max_seconds: float, seed: int,
+                modes: tuple[str, ...] = MODES, chain: int = 1) -> list[list[str]]:
+    """Seeded kill points, grouped in chains of ``chain`` kills of one run. A later kill of a chain
+    counts writes from its own (resumed) start, which writes fewer files, so its N is drawn from
+    the writes still to come."""
+    rng = random.Random(seed)
+    mode_of = [modes[i % len(modes)] for i in range(points)]
+    rng.shuffle(mode_of)
+    chains: list[list[str]] = []
+    for start in range(0, points, chain):
+        left, links = n_writes, []
+        for mode in mode_of[start:start + chain]:
+            n = rng.randint(1, max(1, left - 2))
+            links.append(f"write:{mode}:{n}")
+            left = max(3, left - n)
+        chains.append(links)
+    chains += [[f"timer:{rng.uniform(0.5, max_seconds):.2f}"] for _ in range(timer_points)]
+    return chains
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd")
+    c = sub.add_parser("child")
+    c.add_argument("--run-dir", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--rounds", type=int, default=2)
+    c.add_argument("--runner", default="plain", choices=["plain", "flow"])
+    ap.add_argument("--points", type=int, default=60, help="write kill points (drawn from all modes x writes)")
+    ap.add_argument("--timer-points", type=int, default=10, help="kills after a random delay")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--chain", type=int, default=3, help="kills of one run before its final rerun")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default="runs/faults", help="scratch folder (data + run folders)")
+    ap.add_argument("--runner", default="plain", choices=["plain", "flow"],
+                    help="kill the plain loop, or the cluster-contrast Prefect flow (a local Prefect server is "
+                         "started for the children)")
+    args = ap.parse_args(argv)
+    if args.cmd == "child":
+        return child(args)
+    RUNNER[0] = args.runner
+    server = start_prefect_server(Path(args.work).resolve() / "prefect_home") if args.runner == "flow" else None
+    try:
+        return _harness(args)
+    finally:
+        if server is not None:
+            from flows.serve import stop_process
+
+            stop_process(server, "Prefect server")
+
+
+def _harness(args: argparse.Namespace) -> int:
+    from reid_core.data.synthetic import generate_synthetic
+
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "synth"
+    if not (data / "bounding_box_train").is_dir():
+        generate_synthetic(data, n_ids=12, n_cams=2, images_per_id_cam=3, seed=2)
+    # the uninterrupted reference (REID_FAULT_KILL_AT_WRITE=0 counts the writes, kills nothing)
+    ref_dir = work / "runs" / "reference"
+    shutil.rmtree(ref_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    rc, reference, err = run_child(ref_dir, data, args.rounds, _env(REID_FAULT_KILL_AT_WRITE="0"))
+    ref_seconds = time.perf_counter() - t0
+    if rc != 0 or reference is None:
+        print(json.dumps({"error": f"reference run failed (exit {rc})", "stderr": err[-2000:]}))
+        return 1
+    print(json.dumps({"reference": reference["metrics"], "writes": reference["writes"],
+                      "seconds": round(ref_seconds, 1)}), flush=True)
+    chains = draw_points(reference["writes"], args.points, args.timer_points, ref_seconds, args.seed,
+                         tuple(m for m in args.modes.split(",") if m), chain=args.chain)
+    summary: dict[str, dict[str, int]] = {}
+    for links in chains:
+        for rec in kill_chain(links, work, data, args.rounds, reference):
+            print(json.dumps(rec), flush=True)
+            point = rec["point"]
+            key = point.split(":")[0] + (":" + point.split(":")[1] if point.startswith("write") else "")
+            s = summary.setdefault(key, {"tried": 0, "killed": 0, "survived": 0})
+            s["tried"] += 1
+            s["killed"] += int(rec["killed"])
+            s["survived"] += int(rec["survived"] and rec["killed"])
+    total = {k: sum(s[k] for s in summary.values()) for k in ("tried", "killed", "survived")}
+    print(json.dumps({"summary": summary, "total": total, "seed": args.seed, "runner": args.runner,
+                      "writes_per_run": reference["writes"]}), flush=True)
+    return 0 if total["survived"] == total["killed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
