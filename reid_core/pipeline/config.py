@@ -9,6 +9,8 @@ from typing import Any
 
 DATASETS = ("synthetic", "market1501", "manifest")
 CLUSTER_METHODS = ("dbscan", "hdbscan")
+#: reid_core.cluster.knn.KNN_METHODS (repeated here so the config imports no torch; a test keeps them equal)
+KNN_METHODS = ("exact", "faiss", "faiss-ivf", "faiss-hnsw", "pynndescent")
 
 
 @dataclass
@@ -37,7 +39,9 @@ class RunConfig:
     min_samples: int = 4
     k1: int = 30
     k2: int = 6
-    knn: str = "exact"
+    knn: str = "exact"  # k-NN backend: exact, faiss (exact), faiss-ivf, faiss-hnsw, pynndescent (reid_core.cluster.knn)
+    knn_options: dict[str, Any] = field(default_factory=dict)  # backend options, e.g. {"nprobe": 64} or {"ef_search": 256}
+    knn_recall_sample: int = 1000  # approximate backends: rows whose recall@k1 is checked against exact k-NN; 0 = off
     camera_norm: bool = False  # remove each camera's mean feature before the k-NN (needs camera ids)
     split_factor: float = 0.0  # re-cluster clusters above split_factor x median size with a tighter eps; 0 = off
     eps_rho: float = 0.0  # eps = mean of the rho fraction of smallest Jaccard distances, each round; 0 = fixed eps
@@ -103,6 +107,12 @@ class RunConfig:
             raise ValueError(f"RunConfig.extract_decode: {self.extract_decode!r} must be 'inline' or 'thread'")
         if self.train_data not in ("memory", "loader"):  # reid_core.train.TRAIN_DATA_PATHS
             raise ValueError(f"RunConfig.train_data: {self.train_data!r} must be 'memory' or 'loader'")
+        if self.knn not in KNN_METHODS:
+            raise ValueError(f"RunConfig.knn: {self.knn!r} is not one of {KNN_METHODS}")
+        if not isinstance(self.knn_options, dict):
+            raise ValueError(f"RunConfig.knn_options: expected a dict of backend options, got {self.knn_options!r}")
+        if not isinstance(self.knn_recall_sample, int) or self.knn_recall_sample < 0:
+            raise ValueError(f"RunConfig.knn_recall_sample: expected an integer >= 0, got {self.knn_recall_sample!r}")
         if self.mode not in ("unsupervised", "supervised"):
             raise ValueError(f"RunConfig.mode: {self.mode!r} must be 'unsupervised' or 'supervised'")
         for name in ("rounds", "p", "k", "iters", "height", "width", "min_samples", "k1", "k2"):
@@ -147,8 +157,11 @@ class RunConfig:
         return {"backbone": self.backbone, "pretrained": self.pretrained, "height": self.height, "width": self.width}
 
     def cluster_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("cluster_method", "eps", "min_samples", "k1", "k2", "knn", "camera_norm",
-                                              "split_factor", "eps_rho", "k1_per_cluster")}
+        params = {k: getattr(self, k) for k in ("cluster_method", "eps", "min_samples", "k1", "k2", "knn", "camera_norm",
+                                                "split_factor", "eps_rho", "k1_per_cluster")}
+        if self.knn_options:  # only when set, so the digests of existing runs stay valid
+            params["knn_options"] = dict(sorted(self.knn_options.items()))
+        return params
 
     def ise_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("use_ise", "ise_interp", "ise_lp", "ise_lambda0", "ise_k", "lp_weight",

@@ -38,6 +38,14 @@ class AllOutliersWarning(UserWarning):
     """Clustering produced no cluster: the round's training is skipped."""
 
 
+class LowKnnRecallWarning(UserWarning):
+    """An approximate k-NN backend found too few of the true neighbours (recall@k1 < KNN_RECALL_MIN)."""
+
+
+#: below this recall@k1 (against exact k-NN on a sample) the clustering stage warns
+KNN_RECALL_MIN = 0.9
+
+
 # ----------------------------------------------------------------------------------------------
 # helpers
 
@@ -163,7 +171,29 @@ def compute_pseudo_labels(feats: np.ndarray, camids: np.ndarray | None, cfg: Run
     # DBSCAN only looks at pairs within eps: storing the rest would cost memory for nothing
     cutoff = max(eps, EPS_RHO_MAX if cfg.eps_rho else 0.0) if cfg.cluster_method == "dbscan" else None
     k1 = int(cfg.k1)
-    dist = compute_jaccard_distance(x, k1=k1, k2=cfg.k2, knn=cfg.knn, max_distance=cutoff, progress=progress)
+    knn_result = None
+    if cfg.knn != "exact":  # search once; measure its recall; both Jaccard passes reuse it
+        from ..cluster.knn import knn_search, sampled_recall
+
+        t_knn = time.perf_counter()
+        n = len(x)
+        knn_result = knn_search(x, min(max(k1, int(cfg.k2)), n), cfg.knn, search_option=dict(cfg.knn_options),
+                                progress=progress, device=_knn_device(cfg))
+        info["knn_seconds"] = time.perf_counter() - t_knn
+        if cfg.knn_recall_sample:
+            rec = sampled_recall(x, knn_result, k1, n_sample=cfg.knn_recall_sample, seed=cfg.seed)
+            info["knn_recall"] = rec["recall"]
+            info["knn_recall_k"] = rec["k"]
+            info["knn_recall_sample"] = rec["n_sample"]
+            if rec["recall"] < KNN_RECALL_MIN:
+                message = (f"k-NN backend {cfg.knn!r} found only {rec['recall']:.3f} of the exact {rec['k']} nearest "
+                           f"neighbours (recall@k1 on {rec['n_sample']} sampled images, want >= {KNN_RECALL_MIN}); "
+                           "pseudo-labels may degrade. Widen the search (knn_options nprobe / ef_search) or use "
+                           "knn='faiss' (exact).")
+                log.warning(message)
+                warnings.warn(message, LowKnnRecallWarning, stacklevel=2)
+    dist = compute_jaccard_distance(x, k1=k1, k2=cfg.k2, knn=cfg.knn, max_distance=cutoff, progress=progress,
+                                    knn_result=knn_result)
     if cfg.eps_rho:
         eps = eps_from_density(dist, cfg.eps_rho, eps_max=EPS_RHO_MAX)
     labels = cluster_features(dist, method=cfg.cluster_method, eps=eps, min_samples=cfg.min_samples,
@@ -174,7 +204,7 @@ def compute_pseudo_labels(feats: np.ndarray, camids: np.ndarray | None, cfg: Run
         if new_k1 != k1:
             k1 = new_k1
             dist = compute_jaccard_distance(x, k1=k1, k2=min(cfg.k2, k1), knn=cfg.knn, max_distance=cutoff,
-                                            progress=progress)
+                                            progress=progress, knn_result=knn_result)
             if cfg.eps_rho:
                 eps = eps_from_density(dist, cfg.eps_rho, eps_max=EPS_RHO_MAX)
             labels = cluster_features(dist, method=cfg.cluster_method, eps=eps, min_samples=cfg.min_samples,
@@ -190,6 +220,14 @@ def compute_pseudo_labels(feats: np.ndarray, camids: np.ndarray | None, cfg: Run
     info["eps_used"] = eps
     info["k1_used"] = k1
     return np.asarray(labels, dtype=np.int64), info
+
+
+def _knn_device(cfg: RunConfig) -> str:
+    """The device of the k-NN search: CUDA when the run is on CUDA (faiss uses it only when it was
+    built with GPU support), else the CPU."""
+    from ..device import pick_device
+
+    return str(pick_device(cfg.device))
 
 
 # the largest eps the density rule may choose (and the Jaccard cut-off it then needs)
