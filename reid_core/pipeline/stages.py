@@ -114,21 +114,68 @@ def index_images(dataset: str, data_root: str | Path, out_path: str | Path) -> P
 # ----------------------------------------------------------------------------------------------
 # extract
 
+class RunFolderAccessError(RuntimeError):
+    """A worker cannot read or write the run folder (not on storage every worker sees)."""
+
+
+def check_run_folder_access(inputs: list[str | Path | None], out_dir: str | Path) -> None:
+    """Fail clearly when this process (e.g. a Dask worker on another machine) cannot read the
+    stage's input files or write into ``out_dir``: run folders must sit on storage every worker sees
+    at the same path (NFS, a cluster file system, a shared volume)."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    hint = ("put runs_dir (and data_root) on storage every worker mounts at the same path, "
+            "see docs/RUNNING_ON_A_CLUSTER.md")
+    for p in inputs:
+        if p is not None and not os.access(p, os.R_OK):
+            raise RunFolderAccessError(f"worker on host {host!r} cannot read {p}: {hint}")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderAccessError(f"worker on host {host!r} cannot create {out_dir} ({exc}): {hint}") from exc
+    if not os.access(out_dir, os.W_OK):
+        raise RunFolderAccessError(f"worker on host {host!r} cannot write into {out_dir}: {hint}")
+
+
+def shard_slice(n: int, shard: int, n_shards: int) -> slice:
+    """Rows of shard ``shard`` of ``n_shards`` contiguous, near-equal shards of ``n`` rows."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard must lie in [0, {n_shards}), got {shard}")
+    return slice(n * shard // n_shards, n * (shard + 1) // n_shards)
+
+
+def feature_part_path(out_path: str | Path, shard: int, n_shards: int) -> Path:
+    """Where shard ``shard`` of ``features.parquet`` goes: ``features.parts/part-SSSSS-of-NNNNN.parquet``."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + ".parts") / f"part-{shard:05d}-of-{n_shards:05d}.parquet"
+
+
 def extract_features_stage(images_path: str | Path, checkpoint_path: str | Path | None, cfg: RunConfig,
                            round_idx: int, out_path: str | Path, splits: tuple[str, ...] = ("train",),
-                           progress: bool = True) -> Path:
-    """Features of the images of ``splits`` with the model of ``checkpoint_path`` (None = initial model)."""
+                           progress: bool = True, shard: tuple[int, int] | None = None) -> Path:
+    """Features of the images of ``splits`` with the model of ``checkpoint_path`` (None = initial model).
+
+    ``shard=(s, n)``: only the s-th of n contiguous slices of those images (one part of a sharded
+    extraction, resumed on its own; :func:`merge_feature_parts` joins the parts)."""
     from ..device import pick_device
     from ..features import extract_features
 
     out_path = Path(out_path)
     params = {"stage": "extract", **cfg.model_params(), "flip": cfg.flip, "bf16": cfg.bf16, "splits": list(splits),
               "init_checkpoint": cfg.init_checkpoint, "round": round_idx}
+    if shard is not None:
+        check_run_folder_access([images_path, checkpoint_path], out_path.parent)
+        params["shard"] = [int(shard[0]), int(shard[1])]
     digest = cache.stage_digest([images_path, checkpoint_path, cfg.init_checkpoint if checkpoint_path is None else None], params)
     if cache.is_fresh([out_path], digest):
         return out_path
     images = read_parquet(images_path, required=IMAGE_COLUMNS)
     subset = images[images["split"].isin(splits)]
+    if shard is not None:
+        subset = subset.iloc[shard_slice(len(subset), int(shard[0]), int(shard[1]))]
     with profile_stage() as prof:
         device = pick_device(cfg.device)
         model = _build_or_load_model(checkpoint_path, cfg, device)
@@ -137,7 +184,29 @@ def extract_features_stage(images_path: str | Path, checkpoint_path: str | Path 
                                  bf16=cfg.bf16, progress=progress, decode=cfg.extract_decode,
                                  bf16_weights=cfg.extract_bf16_weights)
         write_features(out_path, subset["image_id"].to_numpy(), feats, round_idx)
-    _done([out_path], digest, prof, {"n_images": len(subset), "images_per_s": len(subset) / max(prof["seconds"], 1e-9)})
+    _done([out_path], digest, prof, {"n_images": len(subset), "images_per_s": len(subset) / max(prof["seconds"], 1e-9),
+                                     **({"shard": int(shard[0]), "n_shards": int(shard[1])} if shard else {})})
+    return out_path
+
+
+def merge_feature_parts(part_paths: list[str | Path], round_idx: int, out_path: str | Path) -> Path:
+    """Concatenate the parts of a sharded extraction, in shard order, into ``features.parquet``
+    (same rows and order as an unsharded extraction). Skipped when the parts are unchanged."""
+    out_path = Path(out_path)
+    part_paths = [Path(p) for p in part_paths]
+    if not part_paths:
+        raise ValueError("merge_feature_parts: no parts given")
+    digest = cache.stage_digest(part_paths, {"stage": "merge_features", "round": round_idx})
+    if cache.is_fresh([out_path], digest):
+        return out_path
+    with profile_stage() as prof:
+        ids, feats = zip(*(read_features(p) for p in part_paths))
+        all_ids = np.concatenate(ids)
+        if len(np.unique(all_ids)) != len(all_ids):
+            raise ValueError(f"{out_path}: the parts {[p.name for p in part_paths]} overlap (an image_id twice)")
+        write_features(out_path, all_ids, np.concatenate(feats), round_idx)
+    _done([out_path], digest, prof, {"n_images": int(len(all_ids)), "n_parts": len(part_paths),
+                                     "extract_seconds_per_part": [cache.read_meta(p).get("seconds") for p in part_paths]})
     return out_path
 
 
