@@ -19,8 +19,13 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank_and_world", "is_distributed", "all_gather_cat", "all_gather_with_grad", "all_reduce_mean",
+__all__ = ["rank_and_world", "in_process_group", "is_distributed", "all_gather_cat", "all_gather_with_grad", "all_reduce_mean",
            "init_from_env", "backend_for"]
+
+
+def in_process_group() -> bool:
+    """True inside an initialised process group (of any size: ``torchrun --nproc-per-node 1`` too)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def is_distributed() -> bool:
@@ -61,14 +66,31 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Forward: all-gather along dim 0. Backward: the gradient of the gathered tensor summed over
+    the ranks (one all-reduce), this rank's rows returned."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        ctx.rows = t.shape[0]
+        ctx.rank = dist.get_rank()
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     """Like :func:`all_gather_cat`, but gradients flow back to the rank that produced each row
-    (``torch.distributed.nn.functional.all_gather``: its backward sums the gradients of all ranks)."""
+    (every rank's loss may depend on every rank's rows: their gradients are summed)."""
     if not is_distributed():
         return t
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(t.contiguous()))
+    return _AllGatherWithGrad.apply(t)
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:

@@ -435,8 +435,8 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
     model.train()
     net = model
     if world > 1:  # every rank already holds the same weights (same checkpoint); DDP checks and averages
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+        gpu = (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if gpu is None else [gpu])
         memory.gather = dist_utils.all_gather_cat
         criterion.gather, criterion.gather_with_grad = dist_utils.all_gather_cat, dist_utils.all_gather_with_grad
     if extra_loss is not None:

@@ -93,3 +93,33 @@ def test_two_gloo_ranks_with_half_the_batch_match_one_process(data_root, tmp_pat
     assert (logs[0]["loss"] == logs[1]["loss"]).all()
     assert (logs[0]["per_device_batch"] == (P // 2) * K).all() and (logs[0]["world_size"] == 2).all()
     assert "per_device_batch" not in single_log.columns  # one process: today's log, unchanged
+
+
+def test_training_stage_with_train_nproc_runs_torchrun_and_keys_the_cache_on_it(tmp_path, monkeypatch):
+    import subprocess
+
+    from reid_core.pipeline import stages
+    from reid_core.pipeline.config import RunConfig
+
+    assert "train_nproc" not in RunConfig().train_params()  # digests of existing runs unchanged
+    assert RunConfig(train_nproc=2).train_params()["train_nproc"] == 2
+    with pytest.raises(ValueError, match="train_nproc"):
+        RunConfig(train_nproc=0)
+    for name in ("images", "labels", "features"):
+        (tmp_path / f"{name}.parquet").write_bytes(b"x")
+    seen = {}
+
+    def fake_run(cmd, check):
+        seen["cmd"] = cmd
+        return subprocess.CompletedProcess(cmd, 3)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    cfg = RunConfig(train_nproc=2)
+    with pytest.raises(RuntimeError, match="2 ranks.*exit code 3"):
+        stages.train_epoch_stage(tmp_path / "images.parquet", tmp_path / "labels.parquet", tmp_path / "features.parquet",
+                                 None, cfg, 1, tmp_path / "checkpoint.pt", tmp_path / "train_log.parquet")
+    cmd = seen["cmd"]
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert cmd[cmd.index("-m", 2) + 1] == "reid_core.pipeline.ddp" and "--checkpoint-in" not in cmd
+    assert RunConfig.from_dict(__import__("json").loads(
+        (tmp_path / "checkpoint.ddp_config.json").read_text())) == cfg

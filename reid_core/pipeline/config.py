@@ -72,6 +72,10 @@ class RunConfig:
     extra_losses: list[str] = field(default_factory=list)
     supervised_loss: str = "id+triplet"
     num_workers: int = 1
+    # DDP: ranks of the training stage, started with torchrun on this node (gloo on CPU, nccl on CUDA);
+    # each rank trains on p x k images (the per-device batch), the global batch is train_nproc x p x k.
+    # 1 = one process (today's training). Multi-node: run torchrun yourself (docs/RUNNING_ON_A_CLUSTER.md)
+    train_nproc: int = 1
     use_camids: bool = True  # P x K sampler prefers other cameras of a cluster (when camera ids exist)
     # camera-aware proxies (reid_core.losses.camera_proxy); off while both weights are 0, and on a
     # set without camera ids
@@ -115,7 +119,7 @@ class RunConfig:
             raise ValueError(f"RunConfig.knn_recall_sample: expected an integer >= 0, got {self.knn_recall_sample!r}")
         if self.mode not in ("unsupervised", "supervised"):
             raise ValueError(f"RunConfig.mode: {self.mode!r} must be 'unsupervised' or 'supervised'")
-        for name in ("rounds", "p", "k", "iters", "height", "width", "min_samples", "k1", "k2"):
+        for name in ("rounds", "p", "k", "iters", "height", "width", "min_samples", "k1", "k2", "train_nproc"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "rounds" else 1):
                 raise ValueError(f"RunConfig.{name}: expected a positive integer, got {value!r}")
@@ -177,4 +181,7 @@ class RunConfig:
         # num_workers only changes how batches are prepared (workers are seeded), not what is computed
         keys = [k for k in train_config_fields() if k not in TRAIN_CONFIG_DERIVED and k != "num_workers"]
         keys += ["mode", "extra_losses", "supervised_loss", "seed", "rounds", "backbone"]
-        return {k: getattr(self, k) for k in sorted(set(keys))}
+        params = {k: getattr(self, k) for k in sorted(set(keys))}
+        if self.train_nproc != 1:  # only then, so the digests of existing runs stay valid
+            params["train_nproc"] = self.train_nproc
+        return params

@@ -501,12 +501,19 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
     from ..train import (build_camera_memory, build_ise, build_memory, build_optimizer, build_scheduler,
                          set_adam_options_, train_epoch)
 
+    from ..distributed import in_process_group, rank_and_world
+
     out_checkpoint, out_log = Path(out_checkpoint), Path(out_log)
     params = {"stage": "train", **cfg.train_params(), "round": round_idx, "init_checkpoint": cfg.init_checkpoint,
               "pretrained": cfg.pretrained}
     digest = cache.stage_digest([images_path, pseudo_labels_path, features_path, checkpoint_in], params)
     if cache.is_fresh([out_checkpoint, out_log], digest):
         return out_checkpoint, out_log
+    if cfg.train_nproc > 1 and not in_process_group():
+        run_under_torchrun(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg, round_idx,
+                           out_checkpoint, out_log)
+        return out_checkpoint, out_log
+    rank, world = rank_and_world()
 
     images = read_parquet(images_path, required=IMAGE_COLUMNS)
     train_view = _train_view(images)  # never carries pid
@@ -581,10 +588,54 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
                   "run_config": cfg.to_json()}
         if objective is not None:
             extras["objective"] = {k: v.detach().cpu() for k, v in objective.state_dict().items()}
-        save_checkpoint(model_checkpoint_state(model, **extras), out_checkpoint)
-        write_parquet(log_df, out_log)
-    _done([out_checkpoint, out_log], digest, prof, {"n_clusters": n_clusters, "n_train": int(keep.sum())})
+        if rank == 0:  # every rank holds the same model and memory: one writes
+            save_checkpoint(model_checkpoint_state(model, **extras), out_checkpoint)
+            write_parquet(log_df, out_log)
+    if rank == 0:
+        _done([out_checkpoint, out_log], digest, prof, {"n_clusters": n_clusters, "n_train": int(keep.sum()),
+                                                        "world_size": world, "per_device_batch": cfg.p * cfg.k,
+                                                        "global_batch": cfg.p * cfg.k * world})
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the outputs exist before any rank returns
     return out_checkpoint, out_log
+
+
+def torchrun_command(images_path, pseudo_labels_path, features_path, checkpoint_in, config_path: str | Path,
+                     round_idx: int, out_checkpoint, out_log, nproc: int) -> list[str]:
+    """The ``torchrun`` command line of a DDP training stage on this node (``nproc`` ranks)."""
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(nproc)}",
+           "-m", "reid_core.pipeline.ddp", "--config", str(config_path), "--round", str(int(round_idx)),
+           "--images", str(images_path), "--labels", str(pseudo_labels_path), "--out-checkpoint", str(out_checkpoint),
+           "--out-log", str(out_log)]
+    if features_path is not None:
+        cmd += ["--features", str(features_path)]
+    if checkpoint_in is not None:
+        cmd += ["--checkpoint-in", str(checkpoint_in)]
+    return cmd
+
+
+def run_under_torchrun(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg: RunConfig,
+                       round_idx: int, out_checkpoint: Path, out_log: Path) -> None:
+    """Run the training stage as ``cfg.train_nproc`` DDP ranks with ``torchrun`` and wait for it;
+    rank 0 writes the outputs and their sidecar (same digest as a one-process stage would check)."""
+    import subprocess
+
+    from ..io.atomic import atomic_path
+
+    config_path = Path(out_checkpoint).with_name(Path(out_checkpoint).stem + ".ddp_config.json")
+    with atomic_path(config_path) as tmp:
+        tmp.write_text(cfg.to_json())
+    cmd = torchrun_command(images_path, pseudo_labels_path, features_path, checkpoint_in, config_path, round_idx,
+                           out_checkpoint, out_log, cfg.train_nproc)
+    log.info("round %d: training on %d DDP ranks: %s", round_idx, cfg.train_nproc, " ".join(cmd))
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"round {round_idx}: DDP training (torchrun, {cfg.train_nproc} ranks) failed with exit "
+                           f"code {done.returncode}; command: {' '.join(cmd)}")
 
 
 # ----------------------------------------------------------------------------------------------
