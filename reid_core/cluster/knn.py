@@ -185,7 +185,9 @@ def _candidates_to_knn(x: np.ndarray, cand: np.ndarray, k: int, what: str) -> tu
     valid = idx >= 0
     r = np.repeat(rows, idx.shape[1])
     c = np.where(valid, idx, rows[:, None]).ravel()
-    sim = pair_similarities(x, r, c).reshape(idx.shape).astype(np.float64)
+    # pairs per chunk: two (chunk, D) fp32 gathers of at most ~64 MB each, whatever D is
+    chunk = max(1024, (64 << 20) // (4 * x.shape[1]))
+    sim = pair_similarities(x, r, c, chunk=chunk).reshape(idx.shape).astype(np.float64)
     sim = np.where(valid, sim, -np.inf)
     sim[:, 0] = np.inf
     sim, idx = _sort_rows(sim, idx)
