@@ -27,7 +27,11 @@ Backends
 ``"faiss-ivf"``
     Approximate: inverted lists (``IndexIVFFlat``, inner product). ``nlist`` defaults to about
     ``4 sqrt(N)`` (at most ``N / 39`` so every list gets training points), ``nprobe`` to
-    ``max(32, nlist / 8)``. Trained on at most ``256 * nlist`` rows (a seeded sample).
+    ``max(32, nlist / 8)``; the coarse k-means runs ``train_niter`` (25) iterations on at most
+    ``train_points_per_list`` (256) x ``nlist`` rows (a seeded sample). At 2048-d on a CPU that
+    training costs as much as the search; fewer iterations or points cost recall (measured:
+    10 iterations on 64 points per list and half the lists, recall@30 0.93 instead of 0.95 on
+    12,936 clustered vectors).
 ``"faiss-hnsw"``
     Approximate graph search (``IndexHNSWFlat``, inner product): ``M`` 32, ``efConstruction`` 80,
     ``efSearch`` ``max(128, 2k)``.
@@ -240,7 +244,8 @@ def faiss_index_options(method: str, n: int, k: int, options: dict[str, Any]) ->
     if method == "faiss-ivf":
         nlist = int(opts.pop("nlist", 0) or max(1, min(int(round(4 * math.sqrt(n))), n // 39)))
         nprobe = int(opts.pop("nprobe", 0) or max(32, nlist // 8))
-        out = {"nlist": nlist, "nprobe": min(nprobe, nlist)}
+        out = {"nlist": nlist, "nprobe": min(nprobe, nlist), "train_niter": int(opts.pop("train_niter", 25)),
+               "train_points_per_list": int(opts.pop("train_points_per_list", 256))}
     elif method == "faiss-hnsw":
         out = {"M": int(opts.pop("M", 32)), "ef_construction": int(opts.pop("ef_construction", 80)),
                "ef_search": int(opts.pop("ef_search", 0) or max(128, 2 * k))}
@@ -269,8 +274,13 @@ def _faiss_knn(x: np.ndarray, k: int, method: str, options: dict[str, Any], devi
         resources = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(resources, device.index or 0, index)
     if method == "faiss-ivf":
-        n_train = min(n, 256 * opts["nlist"])
+        # k-means of the coarse quantiser: its cost (n_train x nlist x D x niter) dominates at 2048-d
+        n_train = min(n, opts["train_points_per_list"] * opts["nlist"])
         train = x if n_train == n else x[np.sort(np.random.default_rng(0).choice(n, n_train, replace=False))]
+        ivf = faiss.extract_index_ivf(index) if device.type == "cuda" else index
+        ivf.cp.niter = opts["train_niter"]
+        ivf.cp.max_points_per_centroid = opts["train_points_per_list"]
+        ivf.cp.seed = 0
         index.train(train)
     index.add(x)
     if method == "faiss-ivf":
