@@ -8,11 +8,22 @@ are the process's user+system CPU seconds (robust to other load on the machine; 
 they can exceed wall time). Prints one JSON line per case. Random unit vectors (seeded): in high dimension they are nearly
 equidistant, so neighbourhoods are unstructured and the encodings of most pairs overlap; that
 makes the full (no ``max_distance``) output nearly dense, which the cases with
-``max_distance=0.6`` (DBSCAN's eps) avoid.
+``max_distance=0.6`` (DBSCAN's eps) avoid. ``clustered`` data (the 5th case field) instead draws
+N / 20 unit centres ("identities" of about 20 images) and adds Gaussian noise of norm about
+``CLUSTER_NOISE`` to each sample: the structure re-ID features have, and the case where
+approximate k-NN backends (faiss IVF / HNSW, pynndescent) can reach a high recall.
+
+Every record carries the CPU model (``reid_core.device.cpu_model``), the threads and the 1-minute
+load average at start and end (timings taken while other jobs run are slower than on an idle
+machine; ``cpu_seconds_*`` are less sensitive to that). Approximate backends also record
+``recall_at_k1`` against exact k-NN on ``recall_rows`` sampled rows
+(:func:`reid_core.cluster.knn.sampled_recall`, the check the clustering stage runs).
 
     python bench/jaccard.py                      # default cases (N = 2,000 and 12,936)
     python bench/jaccard.py --large              # also N = 100,000 (256-d exact and pynndescent)
+    python bench/jaccard.py --backends           # k-NN backends (exact, faiss, IVF, HNSW) on random + clustered data
     python bench/jaccard.py --case 12936 2048 exact 0.6
+    python bench/jaccard.py --case 100000 2048 faiss-ivf 0.6 clustered
 """
 from __future__ import annotations
 
@@ -36,6 +47,15 @@ LARGE_CASES = [
     (100000, 256, "exact", 0.6),
     (100000, 256, "pynndescent", 0.6),
 ]
+#: --backends: every k-NN backend on random and clustered unit vectors (5th field: the data)
+BACKEND_CASES = [(n, dim, knn, 0.6, data) for data in ("random", "clustered") for n, dim in ((12936, 2048),)
+                 for knn in ("exact", "faiss", "faiss-ivf", "faiss-hnsw")]
+#: --backends --large: 100,000 x 2048 with faiss, 1,000,000 x 256 approximate (long: hours of CPU on 2 cores)
+BACKEND_LARGE_CASES = [(100000, 2048, knn, 0.6, "clustered") for knn in ("faiss-ivf", "faiss-hnsw")] + \
+    [(1000000, 256, "faiss-ivf", 0.6, "clustered")]
+DATA_KINDS = ("random", "clustered")
+CLUSTER_SIZE = 20
+CLUSTER_NOISE = 0.6
 
 
 def _cpu_seconds() -> float:
@@ -43,10 +63,33 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def unit_vectors(n: int, dim: int, data: str = "random", seed: int = 0):
+    """(n, dim) float32 L2-normalised rows: ``random`` (Gaussian directions) or ``clustered``
+    (n / CLUSTER_SIZE random centres + noise of norm ~CLUSTER_NOISE), generated in blocks."""
+    import numpy as np
+
+    from reid_core.cluster.knn import normalize_features
+
+    if data not in DATA_KINDS:
+        raise ValueError(f"data must be one of {DATA_KINDS}, got {data!r}")
+    rng = np.random.default_rng(seed)
+    if data == "random":
+        return normalize_features(rng.standard_normal((n, dim), dtype=np.float32))
+    centres = normalize_features(rng.standard_normal((max(1, n // CLUSTER_SIZE), dim), dtype=np.float32))
+    x = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, 65536):
+        e = min(n, s + 65536)
+        owner = rng.integers(0, len(centres), e - s)
+        x[s:e] = centres[owner] + rng.standard_normal((e - s, dim), dtype=np.float32) * (CLUSTER_NOISE / np.sqrt(dim))
+    return normalize_features(x)
+
+
 def run_case(n: int, dim: int, knn: str, max_distance: float | None, k1: int = 30, k2: int = 6,
-             recall_rows: int = 2000) -> dict:
+             recall_rows: int = 2000, data: str = "random") -> dict:
     import numpy as np
     import torch
+
+    from reid_core.device import cpu_model
 
     from reid_core.cluster.jaccard import _numba_kernel, jaccard_from_encoding, k_reciprocal_encoding
     from reid_core.cluster.knn import knn_search, normalize_features
@@ -59,10 +102,11 @@ def run_case(n: int, dim: int, knn: str, max_distance: float | None, k1: int = 3
         jaccard_from_encoding(sp.random(20, 20, density=0.2, format="csr", random_state=0))
     warmup = time.perf_counter() - tc
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rng = np.random.default_rng(0)
-    x = normalize_features(rng.standard_normal((n, dim), dtype=np.float32))
-    rec: dict = {"n": n, "dim": dim, "knn": knn, "k1": k1, "k2": k2, "max_distance": max_distance,
-                 "threads": torch.get_num_threads(), "loadavg_1min_start": os.getloadavg()[0],
+    tg = time.perf_counter()
+    x = unit_vectors(n, dim, data)
+    rec: dict = {"n": n, "dim": dim, "knn": knn, "data": data, "k1": k1, "k2": k2, "max_distance": max_distance,
+                 "cpu_model": cpu_model(), "threads": torch.get_num_threads(),
+                 "loadavg_1min_start": os.getloadavg()[0], "seconds_make_data": round(time.perf_counter() - tg, 2),
                  "kernel_warmup_seconds": round(warmup, 2), "baseline_rss_mb": round(baseline, 1)}
     m1, m2 = min(k1, n), min(int(np.around(k1 / 2)) + 1, k1)
     t0, c0 = time.perf_counter(), _cpu_seconds()
@@ -82,15 +126,15 @@ def run_case(n: int, dim: int, knn: str, max_distance: float | None, k1: int = 3
     })
     if knn != "exact":
         # recall@k1 against exact neighbours of a random subset of rows (exact search for those rows only)
-        rows = rng.choice(n, size=min(recall_rows, n), replace=False)
-        xt = torch.from_numpy(x)
-        sims = xt[torch.from_numpy(rows)] @ xt.T
-        sims[torch.arange(len(rows)), torch.from_numpy(rows)] = float("inf")
-        exact = torch.topk(sims, m1, dim=1).indices.numpy()
-        approx = res.indices[rows, :m1]
-        hits = [len(set(exact[r, 1:]) & set(approx[r, 1:])) for r in range(len(rows))]
-        rec["recall_at_k1"] = round(float(np.sum(hits) / (len(rows) * (m1 - 1))), 4)
-        rec["recall_rows"] = len(rows)
+        from reid_core.cluster.knn import faiss_index_options, sampled_recall
+
+        tr = time.perf_counter()
+        r = sampled_recall(x, res, m1, n_sample=recall_rows, seed=1)
+        rec["recall_at_k1"] = round(r["recall"], 4)
+        rec["recall_rows"] = r["n_sample"]
+        rec["seconds_recall_check"] = round(time.perf_counter() - tr, 2)
+        if knn.startswith("faiss"):
+            rec["knn_options"] = faiss_index_options(knn, n, max(m1, m2, k2), {})
     rec["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     rec["loadavg_1min_end"] = os.getloadavg()[0]
     return rec
@@ -98,27 +142,38 @@ def run_case(n: int, dim: int, knn: str, max_distance: float | None, k1: int = 3
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", nargs=4, metavar=("N", "DIM", "KNN", "MAX_DISTANCE"),
-                    help="run one case in this process (MAX_DISTANCE 'none' keeps every overlap)")
-    ap.add_argument("--large", action="store_true", help="add the N = 100,000 cases")
+    ap.add_argument("--case", nargs="+", metavar="FIELD",
+                    help="N DIM KNN MAX_DISTANCE [DATA]: run one case in this process (MAX_DISTANCE 'none' keeps "
+                         "every overlap; DATA random (default) or clustered)")
+    ap.add_argument("--large", action="store_true", help="add the large cases")
+    ap.add_argument("--backends", action="store_true",
+                    help="k-NN backends (exact, faiss, faiss-ivf, faiss-hnsw) on random and clustered data")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per case")
     args = ap.parse_args(argv)
     if args.case:
-        n, dim, knn, md = args.case
-        print(json.dumps(run_case(int(n), int(dim), knn, None if md.lower() == "none" else float(md))), flush=True)
+        if len(args.case) not in (4, 5):
+            ap.error("--case takes N DIM KNN MAX_DISTANCE [DATA]")
+        n, dim, knn, md = args.case[:4]
+        data = args.case[4] if len(args.case) == 5 else "random"
+        print(json.dumps(run_case(int(n), int(dim), knn, None if md.lower() == "none" else float(md), data=data)),
+              flush=True)
         return 0
-    cases = DEFAULT_CASES + (LARGE_CASES if args.large else [])
+    if args.backends:
+        cases = BACKEND_CASES + (BACKEND_LARGE_CASES if args.large else [])
+    else:
+        cases = [c + ("random",) for c in DEFAULT_CASES + (LARGE_CASES if args.large else [])]
     status = 0
-    for n, dim, knn, md in cases:
-        cmd = [sys.executable, __file__, "--case", str(n), str(dim), knn, "none" if md is None else str(md)]
+    for n, dim, knn, md, data in cases:
+        cmd = [sys.executable, __file__, "--case", str(n), str(dim), knn, "none" if md is None else str(md), data]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:
-            print(json.dumps({"n": n, "dim": dim, "knn": knn, "max_distance": md, "error": f"timeout {args.timeout}s"}), flush=True)
+            print(json.dumps({"n": n, "dim": dim, "knn": knn, "data": data, "max_distance": md,
+                              "error": f"timeout {args.timeout}s"}), flush=True)
             status = 1
             continue
         if out.returncode != 0:
-            print(json.dumps({"n": n, "dim": dim, "knn": knn, "max_distance": md,
+            print(json.dumps({"n": n, "dim": dim, "knn": knn, "data": data, "max_distance": md,
                               "error": out.stderr.strip().splitlines()[-1:]}), flush=True)
             status = 1
             continue

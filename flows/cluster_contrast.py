@@ -19,10 +19,10 @@ from prefect.logging import get_run_logger
 
 from reid_core.io.lock import run_folder_lock
 from reid_core.pipeline import cache, loop
-from tasks import (build_pseudo_labels, collect_metrics, evaluate, extract_features, plan_ise,
-                   train_epoch, write_profile)
+from tasks import build_pseudo_labels, collect_metrics, evaluate, plan_ise, train_epoch, write_profile
 
 from flows._common import DEFAULTS, begin_run, build_config, publish_run_artifacts
+from flows._runners import LOCAL_RUNNERS, dask_scheduler, extract_round
 
 #: share of a round's progress bar given to training (the rest: extract, cluster, evaluate)
 TRAIN_SHARE = 0.8
@@ -45,6 +45,9 @@ def cluster_contrast(
     runs_dir: str = DEFAULTS.runs_dir,
     overrides: dict[str, Any] | None = None,
     progress: bool = False,
+    task_runner: str = "default",
+    dask_workers: int = 2,
+    extract_shards: int = 0,
 ) -> dict[str, Any]:
     """Unsupervised Cluster-Contrast (+ ISE) training over ``rounds`` rounds.
 
@@ -63,11 +66,17 @@ def cluster_contrast(
         runs_dir: parent of the run folder.
         overrides: any other ``RunConfig`` field, e.g. ``{"pretrained": false, "height": 64}``.
         progress: show tqdm bars in the worker's terminal.
+        task_runner: where feature extraction runs: ``default`` (in this process, as before), ``dask``
+            (a Dask ``LocalCluster`` of ``dask_workers`` processes), ``dask-threads`` (its workers
+            as threads here) or a Dask scheduler address such as ``tcp://host:8786``. With Dask the
+            run folder must be on storage every worker sees.
+        dask_workers: workers of the ``LocalCluster`` (``dask`` / ``dask-threads``).
+        extract_shards: slices of the training images extracted in parallel, each into its own part
+            file; 0 = one per Dask worker (``dask_workers``), or 1 with the default runner.
 
     Returns:
         ``{"run_dir", "metrics_path", "metrics", "skipped_rounds"}``.
     """
-    logger = get_run_logger()
     named = dict(name=name, dataset=dataset, data_root=data_root, backbone=backbone, rounds=rounds,
                  cluster_method=cluster_method, eps=eps, use_ise=use_ise, p=p, k=k, iters=iters, seed=seed,
                  runs_dir=runs_dir)
@@ -75,38 +84,47 @@ def cluster_contrast(
     if cfg.mode != "unsupervised":
         raise ValueError(f"overrides.mode={cfg.mode!r}: the cluster-contrast flow is unsupervised; "
                          "use the supervised flow for ground-truth training")
+    n_shards = int(extract_shards) or (1 if task_runner == "default" else int(dask_workers))
     # one writer per run folder: a second run on it fails at once, naming this process
-    with run_folder_lock(cfg.run_dir):
-        cfg_dict, progress_id, images = begin_run(cfg, progress, unit="rounds")
+    with run_folder_lock(cfg.run_dir), dask_scheduler(task_runner, dask_workers) as address:
+        return _rounds(cfg, progress, address, n_shards)
 
-        checkpoint: Path | None = None
-        skipped: list[int] = []
-        for r in range(1, cfg.rounds + 1):
-            paths = loop.round_paths(cfg, r)
-            paths["features"].parent.mkdir(parents=True, exist_ok=True)
-            base = 100.0 * (r - 1) / cfg.rounds
-            span = (base, base + 100.0 * TRAIN_SHARE / cfg.rounds)
 
-            feats = extract_features(images, checkpoint, cfg_dict, r, paths["features"], progress=progress)
-            labels = build_pseudo_labels(feats, cfg_dict, r, paths["pseudo_labels"], progress=progress,
-                                         images_path=images, previous_labels_path=loop.round_paths(cfg, r - 1)["pseudo_labels"])
-            if cache.read_meta(labels).get("n_clusters", 0) < 2:
-                logger.warning("round %d: clustering found fewer than 2 clusters (all outliers); training is skipped "
-                               "this round (checkpoint carried over). Try a larger eps.", r)
-                skipped.append(r)
-            if cfg.use_ise:
-                plan_ise(feats, labels, cfg_dict, r, paths["ise_plan"])
-            checkpoint, _ = train_epoch(images, labels, feats, checkpoint, cfg_dict, r, paths["checkpoint"],
-                                        paths["train_log"], progress_artifact_id=progress_id, progress_span=span,
-                                        progress=progress)
-            evaluate(images, checkpoint, cfg_dict, r, paths["metrics"], pseudo_labels_path=labels, progress=progress)
-            write_profile(cfg_dict, r)
-            update_progress_artifact(artifact_id=progress_id, progress=100.0 * r / cfg.rounds)
+def _rounds(cfg, progress: bool, address: str | None, n_shards: int) -> dict[str, Any]:
+    """The rounds of the flow (inside the flow run; ``address``: Dask scheduler or None)."""
+    logger = get_run_logger()
+    cfg_dict, progress_id, images = begin_run(cfg, progress, unit="rounds")
+    if address is not None:
+        logger.info("feature extraction: %d shard(s) on the Dask scheduler %s", n_shards, address)
 
-        metrics_path = collect_metrics(cfg_dict)
-        records = publish_run_artifacts(cfg, metrics_path, skipped, progress_id)
-        return {"run_dir": str(cfg.run_dir), "metrics_path": str(metrics_path), "metrics": records,
-                "skipped_rounds": skipped}
+    checkpoint: Path | None = None
+    skipped: list[int] = []
+    for r in range(1, cfg.rounds + 1):
+        paths = loop.round_paths(cfg, r)
+        paths["features"].parent.mkdir(parents=True, exist_ok=True)
+        base = 100.0 * (r - 1) / cfg.rounds
+        span = (base, base + 100.0 * TRAIN_SHARE / cfg.rounds)
+
+        feats = extract_round(images, checkpoint, cfg_dict, r, paths["features"], address, n_shards, progress)
+        labels = build_pseudo_labels(feats, cfg_dict, r, paths["pseudo_labels"], progress=progress, images_path=images,
+                                     previous_labels_path=loop.round_paths(cfg, r - 1)["pseudo_labels"])
+        if cache.read_meta(labels).get("n_clusters", 0) < 2:
+            logger.warning("round %d: clustering found fewer than 2 clusters (all outliers); training is skipped "
+                           "this round (checkpoint carried over). Try a larger eps.", r)
+            skipped.append(r)
+        if cfg.use_ise:
+            plan_ise(feats, labels, cfg_dict, r, paths["ise_plan"])
+        checkpoint, _ = train_epoch(images, labels, feats, checkpoint, cfg_dict, r, paths["checkpoint"],
+                                    paths["train_log"], progress_artifact_id=progress_id, progress_span=span,
+                                    progress=progress)
+        evaluate(images, checkpoint, cfg_dict, r, paths["metrics"], pseudo_labels_path=labels, progress=progress)
+        write_profile(cfg_dict, r)
+        update_progress_artifact(artifact_id=progress_id, progress=100.0 * r / cfg.rounds)
+
+    metrics_path = collect_metrics(cfg_dict)
+    records = publish_run_artifacts(cfg, metrics_path, skipped, progress_id)
+    return {"run_dir": str(cfg.run_dir), "metrics_path": str(metrics_path), "metrics": records,
+            "skipped_rounds": skipped}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                     help="any other RunConfig field, value parsed as JSON (repeatable)")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--task-runner", default="default",
+                    help=f"{' | '.join(LOCAL_RUNNERS)} | a Dask scheduler address (tcp://host:8786)")
+    ap.add_argument("--dask-workers", type=int, default=2, help="workers of the local Dask cluster")
+    ap.add_argument("--extract-shards", type=int, default=0, help="0 = one per Dask worker")
     a = ap.parse_args(argv)
     overrides = {}
     for item in a.set:
@@ -142,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     out = cluster_contrast(name=a.name, dataset=a.dataset, data_root=a.data_root, backbone=a.backbone,
                            rounds=a.rounds, cluster_method=a.cluster_method, eps=a.eps, use_ise=not a.no_ise,
                            p=a.p, k=a.k, iters=a.iters, seed=a.seed, runs_dir=a.runs_dir,
-                           overrides=overrides or None, progress=a.progress)
+                           overrides=overrides or None, progress=a.progress, task_runner=a.task_runner,
+                           dask_workers=a.dask_workers, extract_shards=a.extract_shards)
     metrics = pd.read_parquet(out["metrics_path"])
     cols = [c for c in ("round", "mAP", "rank1", "mINP", "ari", "nmi", "n_clusters", "n_outliers") if c in metrics]
     print("\nmetrics per round (fractions):")

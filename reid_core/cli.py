@@ -24,6 +24,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=_bool, default=None, metavar="BOOL")
         elif f.name == "extra_losses":
             parser.add_argument(flag, dest=f.name, nargs="*", default=None)
+        elif f.name == "knn_options":
+            parser.add_argument(flag, dest=f.name, type=json.loads, default=None, metavar="JSON")
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, type=type(default), default=None)
         else:

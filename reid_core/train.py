@@ -17,6 +17,14 @@ BN neck and the backbone's BatchNorm layers compute their statistics over that b
 memory's hard update and ISE's label-preserving loss look at the identities present in it, so
 results change with the batch composition. Keep ``p * k`` (and ``k``) fixed when comparing runs;
 on a small machine prefer fewer iterations over smaller batches.
+
+Distributed training (``torchrun``, see :mod:`reid_core.distributed`): inside an initialised
+process group of W ranks, :func:`train_epoch` wraps the model in ``DistributedDataParallel``, draws
+the global batch of ``W * p`` identities x ``k`` images and trains each rank on its own ``p``
+identities (per-device batch ``p * k``, logged as ``per_device_batch`` with ``world_size``); the
+memory is updated from all ranks' features, so W ranks with ``p`` match one process with ``W * p``
+up to per-device BatchNorm statistics. Supported on the ``train_data="memory"`` path without
+camera proxies, extra losses or ``lp_positive="own"``.
 """
 from __future__ import annotations
 
@@ -287,12 +295,27 @@ def build_train_loader(paths: Sequence[str], labels, camids, cfg: TrainConfig, e
                       persistent_workers=False, multiprocessing_context=loader_context(int(cfg.num_workers)))
 
 
-def train_batches(paths: Sequence[str], labels, camids, cfg: TrainConfig, epoch: int, device: torch.device):
+def train_batches(paths: Sequence[str], labels, camids, cfg: TrainConfig, epoch: int, device: torch.device,
+                  rank: int = 0, world_size: int = 1):
     """The epoch's batches ``(images (B, 3, H, W) float32, labels (B,), dataset indices (B,))``:
     ``cfg.iters`` P x K batches (same indices on both paths), augmented by the ``cfg.train_data`` path.
 
     ``"memory"`` draws the augmentation from a generator seeded by ``(seed, epoch)``, so an epoch
-    is reproducible; ``"loader"`` is :func:`build_train_loader`."""
+    is reproducible; ``"loader"`` is :func:`build_train_loader`.
+
+    ``world_size`` > 1 (``"memory"`` path only): every rank draws and augments the same global batch
+    of ``world_size * p`` identities and keeps the ``p`` identities (``p * k`` rows) of ``rank``, so
+    the ranks' slices together are exactly one process's batch of ``world_size * p`` identities."""
+    if world_size > 1:
+        if cfg.train_data != "memory":
+            raise NotImplementedError("distributed training uses the train_data='memory' path")
+        n_ids = len(np.unique(np.asarray(labels)[np.asarray(labels) >= 0]))
+        if n_ids < cfg.p * world_size:
+            raise ValueError(f"distributed training needs at least world_size x p = {world_size} x {cfg.p} clusters "
+                             f"per batch, there are {n_ids}; lower p or the number of ranks")
+        rows = slice(rank * cfg.p * cfg.k, (rank + 1) * cfg.p * cfg.k)
+        whole = train_batches(paths, labels, camids, dataclasses.replace(cfg, p=cfg.p * world_size), epoch, device)
+        return ((imgs[rows], labs[rows], idx[rows]) for imgs, labs, idx in whole)
     if cfg.train_data == "loader":
         return build_train_loader(paths, labels, camids, cfg, epoch, pin_memory=device.type == "cuda")
     from reid_core.data.batch_augment import BatchAugment, image_store
@@ -396,16 +419,30 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
     if criterion.memory is not memory:
         raise ValueError("ise: its memory is not the `memory` passed to train_epoch")
 
+    from reid_core import distributed as dist_utils
+
+    rank, world = dist_utils.rank_and_world()
+    if world > 1:
+        unsupported = [name for name, on in (("camera proxies", camera_memory is not None),
+                                             ("extra losses", extra_loss is not None)) if on]
+        if unsupported:
+            raise NotImplementedError(f"distributed training does not support {', '.join(unsupported)} yet")
     set_seed(_epoch_seed(cfg.seed, epoch))  # transforms in the main process use the global RNG
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     memory.to(device)
     model.train()
+    net = model
+    if world > 1:  # every rank already holds the same weights (same checkpoint); DDP checks and averages
+        gpu = (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if gpu is None else [gpu])
+        memory.gather = dist_utils.all_gather_cat
+        criterion.gather, criterion.gather_with_grad = dist_utils.all_gather_cat, dist_utils.all_gather_with_grad
     if extra_loss is not None:
         extra_loss.to(device)
         extra_loss.train()
-    loader = train_batches(paths, labels, camids, cfg, epoch, device)
+    loader = train_batches(paths, labels, camids, cfg, epoch, device, rank=rank, world_size=world)
     cam_all = None
     if camera_memory is not None:
         if camids is None:
@@ -429,9 +466,9 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
                 t = int(epoch) * cfg.iters + i
                 with autocast(device, use_bf16):
                     if extra_loss is None:
-                        out, feats = None, model(imgs)
+                        out, feats = None, net(imgs)
                     else:
-                        out = model(imgs, return_dict=True)
+                        out = net(imgs, return_dict=True)
                         feats = out["bn_feat"]  # what model(imgs) returns in train mode
                 loss, stats = criterion(feats.float(), labs, min(t, T), T, active=t >= int(cfg.ise_start))
                 extra_stats: dict[str, float] = {}
@@ -456,6 +493,9 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
                 loss.backward()
                 optimizer.step()
                 loss_value = float(loss.detach())
+                if world > 1:  # log the loss of the global batch, as one process would
+                    loss_value = dist_utils.all_reduce_mean(loss_value, device)
+                    stats = {key: dist_utils.all_reduce_mean(v, device) for key, v in stats.items()}
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t_end = time.perf_counter()
@@ -465,8 +505,9 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
                     "loss_memory": stats["loss_memory"], "loss_lp": stats["loss_lp"], "lambda": stats["lambda"],
                     "mean_cos_support": stats["mean_cos_support"], "lr": float(optimizer.param_groups[0]["lr"]),
                     "seconds": seconds, "data_seconds": t_data - t_prev,
-                    "images_per_s": imgs.shape[0] / seconds if seconds > 0 else math.nan,
+                    "images_per_s": imgs.shape[0] * world / seconds if seconds > 0 else math.nan,
                     **{k: float(v) for k, v in extra_stats.items()},
+                    **({"world_size": world, "per_device_batch": int(imgs.shape[0])} if world > 1 else {}),
                 })
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.3f}", ips=f"{rows[-1]['images_per_s']:.0f}")
@@ -475,6 +516,9 @@ def train_epoch(model: torch.nn.Module, paths: Sequence[str], labels, camids, me
                     on_progress((i + 1) / cfg.iters)
     finally:
         bar.close()
+        if world > 1:
+            memory.gather = None
+            criterion.gather = criterion.gather_with_grad = None
     df = pd.DataFrame(rows)
     extra_cols = [c for c in df.columns if c not in LOG_COLUMNS]
     return df.reindex(columns=LOG_COLUMNS + extra_cols)

@@ -6,11 +6,11 @@ fresh and writes atomically) and returns the output path(s). No logic lives here
 """
 from .clustering import build_pseudo_labels, ground_truth_labels
 from .evaluation import evaluate
-from .features import extract_features
+from .features import extract_features, extract_features_shard, merge_features
 from .indexing import index_images
 from .ise import plan_ise
 from .reporting import collect_metrics, write_profile
 from .training import train_epoch
 
-__all__ = ["index_images", "extract_features", "build_pseudo_labels", "plan_ise", "train_epoch", "evaluate",
+__all__ = ["index_images", "extract_features", "extract_features_shard", "merge_features", "build_pseudo_labels", "plan_ise", "train_epoch", "evaluate",
            "ground_truth_labels", "write_profile", "collect_metrics"]

@@ -413,9 +413,11 @@ def compute_jaccard_distance(
 ) -> sp.csr_matrix:
     """Sparse k-reciprocal Jaccard distance of all pairs of ``features`` (N, D).
 
-    ``k1``/``k2`` as in Cluster-Contrast (defaults 30 and 6); ``knn``: ``"exact"`` (chunked fp32
-    matrix products, ``chunk_size`` query rows at a time, on ``device``) or ``"pynndescent"``
-    (approximate; ``search_option`` is passed to ``pynndescent.NNDescent``). ``knn_result``
+    ``k1``/``k2`` as in Cluster-Contrast (defaults 30 and 6); ``knn``: a backend of
+    :data:`~reid_core.cluster.knn.KNN_METHODS`: ``"exact"`` (chunked fp32 matrix products,
+    ``chunk_size`` query rows at a time, on ``device``), ``"faiss"`` (exact), or an approximate one
+    (``"faiss-ivf"``, ``"faiss-hnsw"``, ``"pynndescent"``; ``search_option`` holds the backend's
+    options, see :func:`~reid_core.cluster.knn.knn_search`). ``knn_result``
     reuses a neighbour search already done (it needs ``max(k1, round(k1/2)+1, k2)`` columns).
     ``max_distance``: store only pairs with distance ``<= max_distance`` (plus the diagonal);
     for DBSCAN pass at least the largest ``eps`` you will use: same clusters, far less memory

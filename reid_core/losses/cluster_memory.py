@@ -34,6 +34,8 @@ converted with ``.double()``) and the loss runs with autocast disabled.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,6 +96,9 @@ class ClusterMemory(nn.Module):
         self.momentum = float(momentum)
         self.mode = mode
         self.register_buffer("features", torch.zeros(self.num_clusters, self.num_features))
+        #: distributed training sets this to an all-gather (``reid_core.distributed.all_gather_cat``):
+        #: every rank then updates its memory from the batch of all ranks and all memories stay equal
+        self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return (f"num_features={self.num_features}, num_clusters={self.num_clusters}, "
@@ -147,6 +152,8 @@ class ClusterMemory(nn.Module):
     def update(self, inputs: torch.Tensor, targets) -> None:
         """Update the centroids of the clusters present in the batch (no gradient, not in place)."""
         inputs, targets = _check_inputs(inputs, targets, self.num_features, self.num_clusters)
+        if self.gather is not None:
+            inputs, targets = self.gather(inputs.detach()), self.gather(targets)
         if targets.numel() == 0:
             return
         x = F.normalize(inputs.detach().to(self.features.dtype), dim=1)

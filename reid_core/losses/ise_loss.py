@@ -37,6 +37,8 @@ concatenated batch) and interpolation is on - on the support samples too.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,6 +135,11 @@ class ISELoss(nn.Module):
         self.lp_weight = float(lp_weight)
         self.lp_temp = float(lp_temp)
         self.update_with_support = bool(update_with_support)
+        #: distributed training sets these (``reid_core.distributed``): the label-preserving loss then
+        #: takes its negatives from the support samples of every rank, as one process with the whole
+        #: batch would (``gather_with_grad`` lets gradients reach the rank that made each sample)
+        self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.gather_with_grad: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.lp_positive = lp_positive
 
     @property
@@ -175,7 +182,13 @@ class ISELoss(nn.Module):
                 loss_mem = mem(x, labels)
             loss = loss_mem
             if self.use_lp:
-                loss_lp = label_preserving_loss(f_hat, sup, labels, sup_labels, self.lp_temp, self.lp_positive)
+                if self.gather_with_grad is not None and self.gather is not None:
+                    if self.lp_positive == "own":
+                        raise NotImplementedError("lp_positive='own' is not supported in distributed training")
+                    loss_lp = label_preserving_loss(f_hat, self.gather_with_grad(sup), labels,
+                                                    self.gather(sup_labels), self.lp_temp, self.lp_positive)
+                else:
+                    loss_lp = label_preserving_loss(f_hat, sup, labels, sup_labels, self.lp_temp, self.lp_positive)
                 loss = loss + self.lp_weight * loss_lp
                 stats["loss_lp"] = float(loss_lp.detach())
             with torch.no_grad():

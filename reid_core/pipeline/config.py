@@ -9,6 +9,8 @@ from typing import Any
 
 DATASETS = ("synthetic", "market1501", "manifest")
 CLUSTER_METHODS = ("dbscan", "hdbscan")
+#: reid_core.cluster.knn.KNN_METHODS (repeated here so the config imports no torch; a test keeps them equal)
+KNN_METHODS = ("exact", "faiss", "faiss-ivf", "faiss-hnsw", "pynndescent")
 
 
 @dataclass
@@ -37,7 +39,9 @@ class RunConfig:
     min_samples: int = 4
     k1: int = 30
     k2: int = 6
-    knn: str = "exact"
+    knn: str = "exact"  # k-NN backend: exact, faiss (exact), faiss-ivf, faiss-hnsw, pynndescent (reid_core.cluster.knn)
+    knn_options: dict[str, Any] = field(default_factory=dict)  # backend options, e.g. {"nprobe": 64} or {"ef_search": 256}
+    knn_recall_sample: int = 1000  # approximate backends: rows whose recall@k1 is checked against exact k-NN; 0 = off
     camera_norm: bool = False  # remove each camera's mean feature before the k-NN (needs camera ids)
     split_factor: float = 0.0  # re-cluster clusters above split_factor x median size with a tighter eps; 0 = off
     eps_rho: float = 0.0  # eps = mean of the rho fraction of smallest Jaccard distances, each round; 0 = fixed eps
@@ -68,6 +72,10 @@ class RunConfig:
     extra_losses: list[str] = field(default_factory=list)
     supervised_loss: str = "id+triplet"
     num_workers: int = 1
+    # DDP: ranks of the training stage, started with torchrun on this node (gloo on CPU, nccl on CUDA);
+    # each rank trains on p x k images (the per-device batch), the global batch is train_nproc x p x k.
+    # 1 = one process (today's training). Multi-node: run torchrun yourself (docs/RUNNING_ON_A_CLUSTER.md)
+    train_nproc: int = 1
     use_camids: bool = True  # P x K sampler prefers other cameras of a cluster (when camera ids exist)
     # camera-aware proxies (reid_core.losses.camera_proxy); off while both weights are 0, and on a
     # set without camera ids
@@ -103,9 +111,15 @@ class RunConfig:
             raise ValueError(f"RunConfig.extract_decode: {self.extract_decode!r} must be 'inline' or 'thread'")
         if self.train_data not in ("memory", "loader"):  # reid_core.train.TRAIN_DATA_PATHS
             raise ValueError(f"RunConfig.train_data: {self.train_data!r} must be 'memory' or 'loader'")
+        if self.knn not in KNN_METHODS:
+            raise ValueError(f"RunConfig.knn: {self.knn!r} is not one of {KNN_METHODS}")
+        if not isinstance(self.knn_options, dict):
+            raise ValueError(f"RunConfig.knn_options: expected a dict of backend options, got {self.knn_options!r}")
+        if not isinstance(self.knn_recall_sample, int) or self.knn_recall_sample < 0:
+            raise ValueError(f"RunConfig.knn_recall_sample: expected an integer >= 0, got {self.knn_recall_sample!r}")
         if self.mode not in ("unsupervised", "supervised"):
             raise ValueError(f"RunConfig.mode: {self.mode!r} must be 'unsupervised' or 'supervised'")
-        for name in ("rounds", "p", "k", "iters", "height", "width", "min_samples", "k1", "k2"):
+        for name in ("rounds", "p", "k", "iters", "height", "width", "min_samples", "k1", "k2", "train_nproc"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "rounds" else 1):
                 raise ValueError(f"RunConfig.{name}: expected a positive integer, got {value!r}")
@@ -147,8 +161,11 @@ class RunConfig:
         return {"backbone": self.backbone, "pretrained": self.pretrained, "height": self.height, "width": self.width}
 
     def cluster_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("cluster_method", "eps", "min_samples", "k1", "k2", "knn", "camera_norm",
-                                              "split_factor", "eps_rho", "k1_per_cluster")}
+        params = {k: getattr(self, k) for k in ("cluster_method", "eps", "min_samples", "k1", "k2", "knn", "camera_norm",
+                                                "split_factor", "eps_rho", "k1_per_cluster")}
+        if self.knn_options:  # only when set, so the digests of existing runs stay valid
+            params["knn_options"] = dict(sorted(self.knn_options.items()))
+        return params
 
     def ise_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("use_ise", "ise_interp", "ise_lp", "ise_lambda0", "ise_k", "lp_weight",
@@ -164,4 +181,7 @@ class RunConfig:
         # num_workers only changes how batches are prepared (workers are seeded), not what is computed
         keys = [k for k in train_config_fields() if k not in TRAIN_CONFIG_DERIVED and k != "num_workers"]
         keys += ["mode", "extra_losses", "supervised_loss", "seed", "rounds", "backbone"]
-        return {k: getattr(self, k) for k in sorted(set(keys))}
+        params = {k: getattr(self, k) for k in sorted(set(keys))}
+        if self.train_nproc != 1:  # only then, so the digests of existing runs stay valid
+            params["train_nproc"] = self.train_nproc
+        return params

@@ -38,6 +38,14 @@ class AllOutliersWarning(UserWarning):
     """Clustering produced no cluster: the round's training is skipped."""
 
 
+class LowKnnRecallWarning(UserWarning):
+    """An approximate k-NN backend found too few of the true neighbours (recall@k1 < KNN_RECALL_MIN)."""
+
+
+#: below this recall@k1 (against exact k-NN on a sample) the clustering stage warns
+KNN_RECALL_MIN = 0.9
+
+
 # ----------------------------------------------------------------------------------------------
 # helpers
 
@@ -120,21 +128,68 @@ def index_images(dataset: str, data_root: str | Path, out_path: str | Path) -> P
 # ----------------------------------------------------------------------------------------------
 # extract
 
+class RunFolderAccessError(RuntimeError):
+    """A worker cannot read or write the run folder (not on storage every worker sees)."""
+
+
+def check_run_folder_access(inputs: list[str | Path | None], out_dir: str | Path) -> None:
+    """Fail clearly when this process (e.g. a Dask worker on another machine) cannot read the
+    stage's input files or write into ``out_dir``: run folders must sit on storage every worker sees
+    at the same path (NFS, a cluster file system, a shared volume)."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    hint = ("put runs_dir (and data_root) on storage every worker mounts at the same path, "
+            "see docs/RUNNING_ON_A_CLUSTER.md")
+    for p in inputs:
+        if p is not None and not os.access(p, os.R_OK):
+            raise RunFolderAccessError(f"worker on host {host!r} cannot read {p}: {hint}")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderAccessError(f"worker on host {host!r} cannot create {out_dir} ({exc}): {hint}") from exc
+    if not os.access(out_dir, os.W_OK):
+        raise RunFolderAccessError(f"worker on host {host!r} cannot write into {out_dir}: {hint}")
+
+
+def shard_slice(n: int, shard: int, n_shards: int) -> slice:
+    """Rows of shard ``shard`` of ``n_shards`` contiguous, near-equal shards of ``n`` rows."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard must lie in [0, {n_shards}), got {shard}")
+    return slice(n * shard // n_shards, n * (shard + 1) // n_shards)
+
+
+def feature_part_path(out_path: str | Path, shard: int, n_shards: int) -> Path:
+    """Where shard ``shard`` of ``features.parquet`` goes: ``features.parts/part-SSSSS-of-NNNNN.parquet``."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + ".parts") / f"part-{shard:05d}-of-{n_shards:05d}.parquet"
+
+
 def extract_features_stage(images_path: str | Path, checkpoint_path: str | Path | None, cfg: RunConfig,
                            round_idx: int, out_path: str | Path, splits: tuple[str, ...] = ("train",),
-                           progress: bool = True) -> Path:
-    """Features of the images of ``splits`` with the model of ``checkpoint_path`` (None = initial model)."""
+                           progress: bool = True, shard: tuple[int, int] | None = None) -> Path:
+    """Features of the images of ``splits`` with the model of ``checkpoint_path`` (None = initial model).
+
+    ``shard=(s, n)``: only the s-th of n contiguous slices of those images (one part of a sharded
+    extraction, resumed on its own; :func:`merge_feature_parts` joins the parts)."""
     from ..device import pick_device
     from ..features import extract_features
 
     out_path = Path(out_path)
     params = {"stage": "extract", **cfg.model_params(), "flip": cfg.flip, "bf16": cfg.bf16, "splits": list(splits),
               "init_checkpoint": cfg.init_checkpoint, "round": round_idx}
+    if shard is not None:
+        check_run_folder_access([images_path, checkpoint_path], out_path.parent)
+        params["shard"] = [int(shard[0]), int(shard[1])]
     digest = cache.stage_digest([images_path, checkpoint_path, cfg.init_checkpoint if checkpoint_path is None else None], params)
     if cache.is_fresh([out_path], digest):
         return out_path
     images = read_parquet(images_path, required=IMAGE_COLUMNS)
     subset = images[images["split"].isin(splits)]
+    if shard is not None:
+        subset = subset.iloc[shard_slice(len(subset), int(shard[0]), int(shard[1]))]
     with profile_stage() as prof:
         device = pick_device(cfg.device)
         model = _build_or_load_model(checkpoint_path, cfg, device)
@@ -143,7 +198,29 @@ def extract_features_stage(images_path: str | Path, checkpoint_path: str | Path 
                                  bf16=cfg.bf16, progress=progress, decode=cfg.extract_decode,
                                  bf16_weights=cfg.extract_bf16_weights)
         write_features(out_path, subset["image_id"].to_numpy(), feats, round_idx)
-    _done([out_path], digest, prof, {"n_images": len(subset), "images_per_s": len(subset) / max(prof["seconds"], 1e-9)})
+    _done([out_path], digest, prof, {"n_images": len(subset), "images_per_s": len(subset) / max(prof["seconds"], 1e-9),
+                                     **({"shard": int(shard[0]), "n_shards": int(shard[1])} if shard else {})})
+    return out_path
+
+
+def merge_feature_parts(part_paths: list[str | Path], round_idx: int, out_path: str | Path) -> Path:
+    """Concatenate the parts of a sharded extraction, in shard order, into ``features.parquet``
+    (same rows and order as an unsharded extraction). Skipped when the parts are unchanged."""
+    out_path = Path(out_path)
+    part_paths = [Path(p) for p in part_paths]
+    if not part_paths:
+        raise ValueError("merge_feature_parts: no parts given")
+    digest = cache.stage_digest(part_paths, {"stage": "merge_features", "round": round_idx})
+    if cache.is_fresh([out_path], digest):
+        return out_path
+    with profile_stage() as prof:
+        ids, feats = zip(*(read_features(p) for p in part_paths))
+        all_ids = np.concatenate(ids)
+        if len(np.unique(all_ids)) != len(all_ids):
+            raise ValueError(f"{out_path}: the parts {[p.name for p in part_paths]} overlap (an image_id twice)")
+        write_features(out_path, all_ids, np.concatenate(feats), round_idx)
+    _done([out_path], digest, prof, {"n_images": int(len(all_ids)), "n_parts": len(part_paths),
+                                     "extract_seconds_per_part": [cache.read_meta(p).get("seconds") for p in part_paths]})
     return out_path
 
 
@@ -177,7 +254,29 @@ def compute_pseudo_labels(feats: np.ndarray, camids: np.ndarray | None, cfg: Run
     # DBSCAN only looks at pairs within eps: storing the rest would cost memory for nothing
     cutoff = max(eps, EPS_RHO_MAX if cfg.eps_rho else 0.0) if cfg.cluster_method == "dbscan" else None
     k1 = int(cfg.k1)
-    dist = compute_jaccard_distance(x, k1=k1, k2=cfg.k2, knn=cfg.knn, max_distance=cutoff, progress=progress)
+    knn_result = None
+    if cfg.knn != "exact":  # search once; measure its recall; both Jaccard passes reuse it
+        from ..cluster.knn import knn_search, sampled_recall
+
+        t_knn = time.perf_counter()
+        n = len(x)
+        knn_result = knn_search(x, min(max(k1, int(cfg.k2)), n), cfg.knn, search_option=dict(cfg.knn_options),
+                                progress=progress, device=_knn_device(cfg))
+        info["knn_seconds"] = time.perf_counter() - t_knn
+        if cfg.knn_recall_sample:
+            rec = sampled_recall(x, knn_result, k1, n_sample=cfg.knn_recall_sample, seed=cfg.seed)
+            info["knn_recall"] = rec["recall"]
+            info["knn_recall_k"] = rec["k"]
+            info["knn_recall_sample"] = rec["n_sample"]
+            if rec["recall"] < KNN_RECALL_MIN:
+                message = (f"k-NN backend {cfg.knn!r} found only {rec['recall']:.3f} of the exact {rec['k']} nearest "
+                           f"neighbours (recall@k1 on {rec['n_sample']} sampled images, want >= {KNN_RECALL_MIN}); "
+                           "pseudo-labels may degrade. Widen the search (knn_options nprobe / ef_search) or use "
+                           "knn='faiss' (exact).")
+                log.warning(message)
+                warnings.warn(message, LowKnnRecallWarning, stacklevel=2)
+    dist = compute_jaccard_distance(x, k1=k1, k2=cfg.k2, knn=cfg.knn, max_distance=cutoff, progress=progress,
+                                    knn_result=knn_result)
     if cfg.eps_rho:
         eps = eps_from_density(dist, cfg.eps_rho, eps_max=EPS_RHO_MAX)
     labels = cluster_features(dist, method=cfg.cluster_method, eps=eps, min_samples=cfg.min_samples,
@@ -188,7 +287,7 @@ def compute_pseudo_labels(feats: np.ndarray, camids: np.ndarray | None, cfg: Run
         if new_k1 != k1:
             k1 = new_k1
             dist = compute_jaccard_distance(x, k1=k1, k2=min(cfg.k2, k1), knn=cfg.knn, max_distance=cutoff,
-                                            progress=progress)
+                                            progress=progress, knn_result=knn_result)
             if cfg.eps_rho:
                 eps = eps_from_density(dist, cfg.eps_rho, eps_max=EPS_RHO_MAX)
             labels = cluster_features(dist, method=cfg.cluster_method, eps=eps, min_samples=cfg.min_samples,
@@ -204,6 +303,14 @@ def compute_pseudo_labels(feats: np.ndarray, camids: np.ndarray | None, cfg: Run
     info["eps_used"] = eps
     info["k1_used"] = k1
     return np.asarray(labels, dtype=np.int64), info
+
+
+def _knn_device(cfg: RunConfig) -> str:
+    """The device of the k-NN search: CUDA when the run is on CUDA (faiss uses it only when it was
+    built with GPU support), else the CPU."""
+    from ..device import pick_device
+
+    return str(pick_device(cfg.device))
 
 
 # the largest eps the density rule may choose (and the Jaccard cut-off it then needs)
@@ -407,12 +514,19 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
     """
     from ..errors import NonFiniteLossError
 
+    from ..distributed import in_process_group, rank_and_world
+
     out_checkpoint, out_log = Path(out_checkpoint), Path(out_log)
     params = {"stage": "train", **cfg.train_params(), "round": round_idx, "init_checkpoint": cfg.init_checkpoint,
               "pretrained": cfg.pretrained}
     digest = cache.stage_digest([images_path, pseudo_labels_path, features_path, checkpoint_in], params)
     if cache.is_fresh([out_checkpoint, out_log], digest):
         return out_checkpoint, out_log
+    if cfg.train_nproc > 1 and not in_process_group():
+        run_under_torchrun(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg, round_idx,
+                           out_checkpoint, out_log)
+        return out_checkpoint, out_log
+    rank, world = rank_and_world()
 
     try:
         return _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg, round_idx,
@@ -506,10 +620,54 @@ def _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, 
                   "run_config": cfg.to_json()}
         if objective is not None:
             extras["objective"] = {k: v.detach().cpu() for k, v in objective.state_dict().items()}
-        save_checkpoint(model_checkpoint_state(model, **extras), out_checkpoint)
-        write_parquet(log_df, out_log)
-    _done([out_checkpoint, out_log], digest, prof, {"n_clusters": n_clusters, "n_train": int(keep.sum())})
+        if rank == 0:  # every rank holds the same model and memory: one writes
+            save_checkpoint(model_checkpoint_state(model, **extras), out_checkpoint)
+            write_parquet(log_df, out_log)
+    if rank == 0:
+        _done([out_checkpoint, out_log], digest, prof, {"n_clusters": n_clusters, "n_train": int(keep.sum()),
+                                                        "world_size": world, "per_device_batch": cfg.p * cfg.k,
+                                                        "global_batch": cfg.p * cfg.k * world})
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the outputs exist before any rank returns
     return out_checkpoint, out_log
+
+
+def torchrun_command(images_path, pseudo_labels_path, features_path, checkpoint_in, config_path: str | Path,
+                     round_idx: int, out_checkpoint, out_log, nproc: int) -> list[str]:
+    """The ``torchrun`` command line of a DDP training stage on this node (``nproc`` ranks)."""
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(nproc)}",
+           "-m", "reid_core.pipeline.ddp", "--config", str(config_path), "--round", str(int(round_idx)),
+           "--images", str(images_path), "--labels", str(pseudo_labels_path), "--out-checkpoint", str(out_checkpoint),
+           "--out-log", str(out_log)]
+    if features_path is not None:
+        cmd += ["--features", str(features_path)]
+    if checkpoint_in is not None:
+        cmd += ["--checkpoint-in", str(checkpoint_in)]
+    return cmd
+
+
+def run_under_torchrun(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg: RunConfig,
+                       round_idx: int, out_checkpoint: Path, out_log: Path) -> None:
+    """Run the training stage as ``cfg.train_nproc`` DDP ranks with ``torchrun`` and wait for it;
+    rank 0 writes the outputs and their sidecar (same digest as a one-process stage would check)."""
+    import subprocess
+
+    from ..io.atomic import atomic_path
+
+    config_path = Path(out_checkpoint).with_name(Path(out_checkpoint).stem + ".ddp_config.json")
+    with atomic_path(config_path) as tmp:
+        tmp.write_text(cfg.to_json())
+    cmd = torchrun_command(images_path, pseudo_labels_path, features_path, checkpoint_in, config_path, round_idx,
+                           out_checkpoint, out_log, cfg.train_nproc)
+    log.info("round %d: training on %d DDP ranks: %s", round_idx, cfg.train_nproc, " ".join(cmd))
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"round {round_idx}: DDP training (torchrun, {cfg.train_nproc} ranks) failed with exit "
+                           f"code {done.returncode}; command: {' '.join(cmd)}")
 
 
 # ----------------------------------------------------------------------------------------------

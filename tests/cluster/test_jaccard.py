@@ -223,7 +223,7 @@ def test_bad_parameters():
     with pytest.raises(ValueError, match="k1 and k2"):
         compute_jaccard_distance(x, k1=0)
     with pytest.raises(ValueError, match="knn method"):
-        compute_jaccard_distance(x, knn="faiss")
+        compute_jaccard_distance(x, knn="annoy")
     with pytest.raises(TypeError, match="search_option"):
         compute_jaccard_distance(x, search_option=3)
     with pytest.raises(ValueError, match="backend"):
