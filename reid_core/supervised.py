@@ -8,6 +8,10 @@ term               what it adds
 ``id``             cross-entropy with label smoothing (0.1) on the classifier logits
 ``triplet``        batch-hard triplet, margin 0.3, on the pooled feature (Euclidean on L2-normalised)
 ``triplet_semihard``, ``triplet_all``, ``triplet_soft``, ``triplet_improved``   the other miners / variants
+``triplet_offline`` batch-hard triplet whose triplets are mined *offline*: with the embeddings of a
+                   frozen snapshot of the network taken at the start of the round (epoch), as in
+                   FaceNet's "offline" generation from the latest checkpoint; the loss is on the
+                   live embeddings. Costs one extra no-grad forward pass a batch.
 ``contrastive``    contrastive loss over all pairs of the batch (margin 0.5)
 ``quadruplet``     hardest quadruplets (alpha 0.3 > beta 0.15)
 ``softtriple``     SoftTriple (10 centres a class) on the BN feature
@@ -27,6 +31,7 @@ group the batch, so they also work on pseudo-labels as *extra losses* of the uns
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -40,7 +45,8 @@ from tqdm.auto import tqdm
 
 from .device import autocast, pick_device, resolve_bf16, set_seed
 
-TERMS = ("id", "triplet", "triplet_semihard", "triplet_all", "triplet_soft", "triplet_improved", "contrastive",
+TERMS = ("id", "triplet", "triplet_semihard", "triplet_all", "triplet_soft", "triplet_improved", "triplet_offline",
+         "contrastive",
          "quadruplet", "softtriple", "softtriple_k1", "verification", "aligned")
 PSEUDO_LABEL_TERMS = ("triplet", "triplet_semihard", "triplet_all", "triplet_soft", "triplet_improved",
                       "contrastive", "quadruplet")
@@ -80,6 +86,8 @@ class Objective(nn.Module):
                 self.losses[term] = TripletMarginLoss(margin=0.3, miner="batch_all")
             elif term == "triplet_soft":
                 self.losses[term] = TripletMarginLoss(margin=0.3, miner="batch_hard", variant="soft")
+            elif term == "triplet_offline":
+                self.losses[term] = TripletMarginLoss(margin=0.3, miner="batch_hard")
             elif term == "triplet_improved":
                 self.losses[term] = TripletMarginLoss(margin=0.3, miner="batch_hard", variant="improved")
             elif term == "contrastive":
@@ -108,6 +116,11 @@ class Objective(nn.Module):
         return "id" in self.terms
 
     @property
+    def needs_snapshot(self) -> bool:
+        """True when a term mines with a round-start snapshot of the network (``snapshot_feat``)."""
+        return "triplet_offline" in self.terms
+
+    @property
     def needs_local(self) -> bool:
         return "aligned" in self.terms
 
@@ -125,6 +138,12 @@ class Objective(nn.Module):
                 value = fn(bn, labels)
             elif term == "verification":
                 value = fn(bn, labels)
+            elif term == "triplet_offline":
+                if "snapshot_feat" not in out:
+                    raise ValueError("loss term 'triplet_offline': needs out['snapshot_feat'] (the round-start "
+                                     "snapshot's embeddings of the batch; train_supervised_epoch adds them)")
+                a, p, n = fn.miner(out["snapshot_feat"].float(), labels)
+                value = fn(feat, labels, indices_tuple=(a, p, n))
             elif term == "aligned":
                 if "local" not in out:
                     raise ValueError("loss term 'aligned': the model has no local branch (build it with local_branch=True)")
@@ -167,6 +186,8 @@ def build_mutual_partner(model: nn.Module, objective: Objective, spec: str, num_
     if "id" not in objective.terms:
         raise ValueError(f"mutual learning needs the 'id' term (its KL term compares the classifiers); "
                          f"supervised_loss is {spec!r}")
+    if objective.needs_snapshot:
+        raise ValueError(f"mutual learning with offline mining ({spec!r}) is not supported: the partner has no snapshot")
     device = next(model.parameters()).device
     if state and "partner_model" in state:
         partner = build_supervised_model(backbone, False, num_classes, spec)
@@ -229,6 +250,11 @@ def train_supervised_epoch(model: nn.Module, objective: Objective, paths: Sequen
     rows = []
     bar = tqdm(total=cfg.iters, desc=f"supervised epoch {epoch}", disable=not progress, leave=False)
     t_prev = time.perf_counter()
+    snapshot = None
+    if objective.needs_snapshot:  # offline mining: a frozen copy of the network as it starts the round
+        snapshot = copy.deepcopy(model).eval()
+        for prm in snapshot.parameters():
+            prm.requires_grad_(False)
     dw_enabled = use_bf16 and bool(getattr(cfg, "fp32_strided_dw", False))
     islands = contextlib.ExitStack()
     for net, _ in nets:
@@ -242,6 +268,9 @@ def train_supervised_epoch(model: nn.Module, objective: Objective, paths: Sequen
                 labs = labs.to(device, non_blocking=True)
                 with autocast(device, use_bf16):
                     out = model(imgs, return_dict=True)
+                if snapshot is not None:
+                    with torch.no_grad(), autocast(device, use_bf16):
+                        out["snapshot_feat"] = snapshot(imgs, return_dict=True)["feat"]
                 loss, stats = objective(out, labs)
                 if partner is not None:
                     with autocast(device, use_bf16):

@@ -106,3 +106,11 @@ def test_supervised_mutual_learning_trains_two_networks_and_resumes(tmp_path, ti
     with pytest.raises(ValueError, match="'id' term"):
         run_pipeline(tiny_cfg(tmp_path, tiny_data, name="dml-noid", mode="supervised", rounds=1,
                               supervised_loss="triplet", mutual_learning=True), progress=False)
+
+
+def test_supervised_offline_mining_trains(tmp_path, tiny_data):
+    cfg = tiny_cfg(tmp_path, tiny_data, name="offline", mode="supervised", rounds=1, supervised_loss="id+triplet_offline")
+    df = run_pipeline(cfg, progress=False)
+    log = pd.read_parquet(round_paths(cfg, 1)["train_log"])
+    assert "loss_triplet_offline" in log and np.isfinite(log["loss_triplet_offline"]).all()
+    assert np.isfinite(df["mAP"]).all()
