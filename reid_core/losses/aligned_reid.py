@@ -26,7 +26,10 @@ Losses
 ------
 * :class:`AlignedTripletLoss` - batch-hard triplet loss on the global distance and on the local
   distance. Hard positives/negatives are mined with the *global* distance only and the local loss
-  reuses the same ``(a, p, n)`` indices, as in the paper.
+  reuses the same ``(a, p, n)`` indices, as in the paper. ``local_scale="sum"`` uses the path
+  length itself (a sum of ``H + W - 1`` squashed terms, up to ``(H + W - 1) tanh(1)`` on unit
+  stripes); ``"mean"`` divides it by ``H + W - 1``, which puts the local distance on the scale of
+  the global one, so one margin and one weight mean the same for both terms.
 * :class:`MutualLearningLoss` - mutual learning of two networks (Zhang et al. 2018, "Deep mutual
   learning", as used in AlignedReID): the classification mutual loss ``KL(p_partner || p_self)``
   and the metric mutual loss ``mean_{ij} (D_self[i,j] - ZG(D_partner[i,j]))^2`` where ``ZG`` stops the
@@ -47,6 +50,9 @@ from .base import attached_zero, check_embeddings, check_labels
 from .distances import EuclideanDistance, get_distance, safe_sqrt
 from .miners import BatchHardMiner
 from .triplet_loss import VARIANTS, triplet_terms
+
+
+LOCAL_SCALES = ("sum", "mean")
 
 
 def squash(d: torch.Tensor) -> torch.Tensor:
@@ -157,10 +163,15 @@ class AlignedTripletLoss(nn.Module):
 
     def __init__(self, margin: float = 0.3, local_margin: Optional[float] = None, distance=None,
                  global_weight: float = 1.0, local_weight: float = 1.0, normalize_local: bool = True,
-                 variant: str = "hinge"):
+                 variant: str = "hinge", local_scale: str = "sum"):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+        if local_scale not in LOCAL_SCALES:
+            raise ValueError(f"local_scale: expected one of {LOCAL_SCALES}, got {local_scale!r}")
+        if local_weight < 0 or global_weight < 0:
+            raise ValueError(f"weights must be >= 0, got global_weight={global_weight}, local_weight={local_weight}")
+        self.local_scale = local_scale
         if margin < 0 or (local_margin is not None and local_margin < 0):
             raise ValueError(f"margins must be >= 0, got margin={margin}, local_margin={local_margin}")
         self.margin = float(margin)
@@ -187,6 +198,9 @@ class AlignedTripletLoss(nn.Module):
         l_glob = triplet_terms(dist[a, p], dist[a, n], self.margin, self.variant).mean()
         d_ap = local_distance_pairs(local_feat[a], local_feat[p], normalize=self.normalize_local)
         d_an = local_distance_pairs(local_feat[a], local_feat[n], normalize=self.normalize_local)
+        if self.local_scale == "mean":  # per cell of the path: H + W - 1 cells, here H = W
+            cells = 2 * local_feat.shape[1] - 1
+            d_ap, d_an = d_ap / cells, d_an / cells
         l_loc = triplet_terms(d_ap, d_an, self.local_margin, self.variant).mean()
         self.last_stats = {"loss_global": float(l_glob.detach()), "loss_local": float(l_loc.detach()),
                            "num_triplets": int(a.numel()), "empty": False}

@@ -71,6 +71,13 @@ class RunConfig:
     temp: float = 0.05
     extra_losses: list[str] = field(default_factory=list)
     supervised_loss: str = "id+triplet"
+    # AlignedReID ("aligned" term): weight of the local triplet term and the local distance's scale
+    # ("mean" = shortest path / (2H - 1), on the global distance's scale; "sum" = raw path length)
+    aligned_local_weight: float = 1.0
+    aligned_local_scale: str = "mean"
+    # supervised mode: train a second network beside the first (deep mutual learning, as in AlignedReID);
+    # the first network is the one saved as the model and evaluated; each iteration costs about twice
+    mutual_learning: bool = False
     num_workers: int = 1
     # DDP: ranks of the training stage, started with torchrun on this node (gloo on CPU, nccl on CUDA);
     # each rank trains on p x k images (the per-device batch), the global batch is train_nproc x p x k.
@@ -107,6 +114,14 @@ class RunConfig:
             raise ValueError(f"RunConfig.dataset: {self.dataset!r} is not one of {DATASETS}")
         if self.cluster_method not in CLUSTER_METHODS:
             raise ValueError(f"RunConfig.cluster_method: {self.cluster_method!r} is not one of {CLUSTER_METHODS}")
+        if self.aligned_local_scale not in ("sum", "mean"):  # reid_core.losses.aligned_reid.LOCAL_SCALES
+            raise ValueError(f"RunConfig.aligned_local_scale: {self.aligned_local_scale!r} is not 'sum' or 'mean'")
+        if self.mutual_learning and self.mode != "supervised":
+            raise ValueError("RunConfig.mutual_learning: only in mode='supervised' (it needs ground-truth classes)")
+        if self.mutual_learning and self.train_nproc != 1:
+            raise ValueError("RunConfig.mutual_learning: not with train_nproc > 1 (DDP trains one network)")
+        if self.aligned_local_weight < 0:
+            raise ValueError(f"RunConfig.aligned_local_weight: must be >= 0, got {self.aligned_local_weight}")
         if self.extract_decode not in ("inline", "thread"):  # reid_core.features.DECODE_MODES
             raise ValueError(f"RunConfig.extract_decode: {self.extract_decode!r} must be 'inline' or 'thread'")
         if self.train_data not in ("memory", "loader"):  # reid_core.train.TRAIN_DATA_PATHS
@@ -181,6 +196,8 @@ class RunConfig:
         # num_workers only changes how batches are prepared (workers are seeded), not what is computed
         keys = [k for k in train_config_fields() if k not in TRAIN_CONFIG_DERIVED and k != "num_workers"]
         keys += ["mode", "extra_losses", "supervised_loss", "seed", "rounds", "backbone"]
+        if self.mode == "supervised":  # the supervised objective's knobs (unsupervised digests stay as they were)
+            keys += ["aligned_local_weight", "aligned_local_scale", "mutual_learning"]
         params = {k: getattr(self, k) for k in sorted(set(keys))}
         if self.train_nproc != 1:  # only then, so the digests of existing runs stay valid
             params["train_nproc"] = self.train_nproc

@@ -569,13 +569,26 @@ def _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, 
         if cfg.mode == "supervised":
             from ..supervised import Objective, build_supervised_optimizer, train_supervised_epoch
 
-            objective = Objective(cfg.supervised_loss, model.feat_dim, n_clusters)
+            objective = Objective(cfg.supervised_loss, model.feat_dim, n_clusters,
+                                  aligned_local_weight=cfg.aligned_local_weight,
+                                  aligned_local_scale=cfg.aligned_local_scale)
             if "objective" in state:
                 objective.load_state_dict(state["objective"])
             optimizer = build_supervised_optimizer(model, objective, tcfg)
         else:
             optimizer = build_optimizer(model, tcfg)
         scheduler = build_scheduler(optimizer, tcfg)
+        partner = partner_scheduler = None
+        if cfg.mutual_learning:
+            from ..supervised import build_mutual_partner
+
+            objective.to(device)
+            partner = build_mutual_partner(model, objective, cfg.supervised_loss, n_clusters, tcfg, cfg.pretrained,
+                                           cfg.backbone, init_seed=10**6 + int(cfg.seed), state=state)
+            set_adam_options_(partner.optimizer, tcfg)
+            partner_scheduler = build_scheduler(partner.optimizer, tcfg)
+            if "partner_scheduler" in state:
+                partner_scheduler.load_state_dict(state["partner_scheduler"])
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
             set_adam_options_(optimizer, tcfg)  # the saved param groups carry the writer's `fused` flag
@@ -588,7 +601,8 @@ def _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, 
                                    "loss": pd.Series(dtype="float64")})
         elif cfg.mode == "supervised":
             log_df = train_supervised_epoch(model, objective, paths, labels, camids, tcfg, optimizer,
-                                            epoch=round_idx - 1, progress=progress, on_progress=on_progress)
+                                            epoch=round_idx - 1, progress=progress, on_progress=on_progress,
+                                            partner=partner)
             log_df.insert(0, "round", round_idx)
         else:
             if features_path is None:
@@ -620,6 +634,11 @@ def _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, 
                   "run_config": cfg.to_json()}
         if objective is not None:
             extras["objective"] = {k: v.detach().cpu() for k, v in objective.state_dict().items()}
+        if partner is not None:
+            from ..supervised import partner_state
+
+            partner_scheduler.step()
+            extras.update(partner_state(partner), partner_scheduler=partner_scheduler.state_dict())
         if rank == 0:  # every rank holds the same model and memory: one writes
             save_checkpoint(model_checkpoint_state(model, **extras), out_checkpoint)
             write_parquet(log_df, out_log)

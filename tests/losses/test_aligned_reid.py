@@ -132,6 +132,23 @@ def test_aligned_triplet_matches_naive():
     assert loss_fn.last_stats["num_triplets"] == 9
 
 
+def test_aligned_triplet_mean_scale_matches_naive():
+    """local_scale="mean": the path length divided by its 2H - 1 cells, margin applied after."""
+    glob, loc, y = _aligned_batch(seed=2, H=4)
+    loss_fn = AlignedTripletLoss(margin=0.3, local_margin=0.1, global_weight=0.0, local_weight=1.0, local_scale="mean")
+    got = loss_fn(glob, loc, y).item()
+    d = dist_matrix(glob.numpy(), "euclidean")
+    ld = lambda i, j: naive_local_distance(loc[i].tolist(), loc[j].tolist()) / 7.0  # noqa: E731  (2 * 4 - 1 cells)
+    want = np.mean([max(0.0, ld(a, p) - ld(a, n) + 0.1) for a, p, n in triplets_batch_hard(d, y.tolist())])
+    assert want > 0
+    assert got == pytest.approx(want, abs=1e-12)
+    # the raw sum differs: the test data separates the two scales
+    raw = AlignedTripletLoss(margin=0.3, local_margin=0.1, global_weight=0.0, local_scale="sum")(glob, loc, y).item()
+    assert abs(raw - got) > 1e-3
+    with pytest.raises(ValueError, match="local_scale"):
+        AlignedTripletLoss(local_scale="max")
+
+
 def test_local_loss_uses_global_mining():
     """Swapping in local features that would mine differently must not change the indices used."""
     glob, loc, y = _aligned_batch(seed=1)

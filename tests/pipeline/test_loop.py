@@ -77,3 +77,40 @@ def test_supervised_mode_and_extra_losses(tmp_path, tiny_data):
     assert len(pd.read_parquet(round_paths(ex, 1)["train_log"])) == ex.iters
     with pytest.raises(ValueError, match="extra_losses"):
         run_pipeline(tiny_cfg(tmp_path, tiny_data, name="bad", rounds=1, extra_losses=["id"]), progress=False)
+
+
+def test_supervised_mutual_learning_trains_two_networks_and_resumes(tmp_path, tiny_data):
+    import torch
+
+    from reid_core.io.checkpoint import load_checkpoint
+
+    cfg = tiny_cfg(tmp_path, tiny_data, name="dml", mode="supervised", rounds=2, supervised_loss="id+aligned",
+                   mutual_learning=True)
+    df = run_pipeline(cfg, progress=False)
+    assert np.isfinite(df["mAP"]).all()
+    log = pd.read_parquet(round_paths(cfg, 1)["train_log"])
+    for col in ("loss_partner", "loss_mutual_kl", "loss_mutual_metric"):
+        assert col in log and np.isfinite(log[col]).all()
+    assert (log["loss_mutual_kl"] > 0).any()
+    ck1, ck2 = (load_checkpoint(round_paths(cfg, r)["checkpoint"]) for r in (1, 2))
+    for ck in (ck1, ck2):
+        assert {"partner_model", "partner_optimizer", "partner_scheduler", "partner_objective"} <= set(ck)
+    # the two networks are different networks (classifiers drawn apart), and round 2 continued the partner
+    cls = [k for k in ck1["model"] if k.startswith("classifier")][0]
+    assert not torch.equal(ck1["model"][cls], ck1["partner_model"][cls])
+    assert not torch.equal(ck1["partner_model"][cls], ck2["partner_model"][cls])
+    # the partner is part of the cache key: plain supervised training is a different run
+    assert cfg.train_params()["mutual_learning"] is True
+    with pytest.raises(ValueError, match="mutual_learning"):
+        tiny_cfg(tmp_path, tiny_data, mutual_learning=True)  # unsupervised mode
+    with pytest.raises(ValueError, match="'id' term"):
+        run_pipeline(tiny_cfg(tmp_path, tiny_data, name="dml-noid", mode="supervised", rounds=1,
+                              supervised_loss="triplet", mutual_learning=True), progress=False)
+
+
+def test_supervised_offline_mining_trains(tmp_path, tiny_data):
+    cfg = tiny_cfg(tmp_path, tiny_data, name="offline", mode="supervised", rounds=1, supervised_loss="id+triplet_offline")
+    df = run_pipeline(cfg, progress=False)
+    log = pd.read_parquet(round_paths(cfg, 1)["train_log"])
+    assert "loss_triplet_offline" in log and np.isfinite(log["loss_triplet_offline"]).all()
+    assert np.isfinite(df["mAP"]).all()
