@@ -512,9 +512,8 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
     pseudo-labels (+ ISE, + optional metric losses on pseudo-labels). Supervised: the
     ``cfg.supervised_loss`` objective on ground-truth labels (from :func:`ground_truth_labels`).
     """
+    from ..distributed import in_process_group
     from ..errors import NonFiniteLossError
-
-    from ..distributed import in_process_group, rank_and_world
 
     out_checkpoint, out_log = Path(out_checkpoint), Path(out_log)
     params = {"stage": "train", **cfg.train_params(), "round": round_idx, "init_checkpoint": cfg.init_checkpoint,
@@ -526,7 +525,6 @@ def train_epoch_stage(images_path: str | Path, pseudo_labels_path: str | Path, f
         run_under_torchrun(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg, round_idx,
                            out_checkpoint, out_log)
         return out_checkpoint, out_log
-    rank, world = rank_and_world()
 
     try:
         return _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, cfg, round_idx,
@@ -547,6 +545,9 @@ def _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, 
     from ..train import (build_camera_memory, build_ise, build_memory, build_optimizer, build_scheduler,
                          set_adam_options_, train_epoch)
 
+    from ..distributed import rank_and_world
+
+    rank, world = rank_and_world()  # (0, 1) outside a torch.distributed group
     images = read_parquet(images_path, required=IMAGE_COLUMNS)
     train_view = _train_view(images)  # never carries pid
     pl = read_parquet(pseudo_labels_path, required=("image_id", "label"))

@@ -3,23 +3,16 @@
 uninterrupted run's, every file its record, and no temporary file may be left."""
 from __future__ import annotations
 
-import importlib.util
 import signal
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "faults.py"
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
-def faults():
-    spec = importlib.util.spec_from_file_location("bench_faults", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def faults(load_bench):
+    return load_bench("faults")
 
 
 def test_killed_mid_write_then_rerun_equals_uninterrupted(faults, tmp_path):

@@ -1,23 +1,16 @@
 """bench/supervised_table.py: the claims table's arithmetic and verdicts (no training here)."""
 from __future__ import annotations
 
-import importlib.util
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "supervised_table.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_supervised_table", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench):
+    return load_bench("supervised_table")
 
 
 def rows(variant, maps, ev="global", train_seconds=100.0):
