@@ -4,7 +4,7 @@ Every variant trains with the supervised stage (ground-truth labels, P x K batch
 backbone, input size and number of rounds), is evaluated with its global feature, with k-reciprocal
 re-ranking, and (AlignedReID) with the global + local distance. One Parquet row per variant x seed x
 evaluation, appended as they finish (a cut-off run keeps its rows), with the config, the CPU model,
-the library versions and the measured training seconds.
+the library versions (``run_provenance``) and the measured training seconds.
 
 Equal budget. Variants run for the same number of rounds of ``--iters`` iterations; a variant that
 does ``cost`` times the work of one network a step (mutual learning trains two networks on every
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,13 +33,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from reid_core.device import cpu_model, pick_device  # noqa: E402
+from reid_core.device import pick_device  # noqa: E402
 from reid_core.evaluation import evaluate_features, evaluate_rank  # noqa: E402
 from reid_core.features import extract_features  # noqa: E402
 from reid_core.io.atomic import append_parquet  # noqa: E402
 from reid_core.losses.aligned_reid import local_distance_matrix  # noqa: E402
 from reid_core.models import model_from_checkpoint  # noqa: E402
 from reid_core.pipeline import RunConfig, round_paths, run_pipeline  # noqa: E402
+from reid_core.pipeline.loop import run_provenance  # noqa: E402
 
 # name -> (supervised_loss spec, RunConfig overrides, cost per iteration in single-network steps)
 VARIANTS: dict[str, tuple[str, dict, float]] = {
@@ -98,13 +98,6 @@ def local_features(model, paths, height, width, batch=128) -> torch.Tensor:
     return torch.cat(out)
 
 
-def versions() -> str:
-    import sklearn
-
-    return json.dumps({"torch": torch.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__,
-                       "python": platform.python_version(), "cpu_threads": torch.get_num_threads()})
-
-
 def run_variant(variant: str, seed: int, args: argparse.Namespace) -> list[dict]:
     spec, overrides, cost = VARIANTS[variant]
     iters = max(1, int(round(args.iters / cost)))
@@ -120,7 +113,7 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> list[dict]
                               for r in range(1, last + 1)))
     base = {"variant": variant, "loss": spec, "overrides": json.dumps(overrides), "seed": seed, "rounds": last,
             "iterations": last * iters, "cost": cost, "train_seconds": train_seconds, "seconds": wall,
-            "config_json": cfg.to_json(), "cpu_model": cpu_model(), "versions": versions()}
+            **run_provenance(cfg)}  # config, library versions, CPU model, per-device batch
     rows = [{**base, "eval": "global", **{k: float(metrics.iloc[-1][k]) for k in ("mAP", "rank1", "mINP")}}]
     ckpt = round_paths(cfg, last)["checkpoint"]
     images = pd.read_parquet(cfg.run_dir / "images.parquet")
@@ -234,7 +227,7 @@ def main(argv=None) -> int:
                 append_parquet(pd.DataFrame(rows), args.out)
                 for r in rows:
                     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-                                      if k not in ("config_json", "versions")}), flush=True)
+                                      if k != "config_json"}), flush=True)
     if not args.out.exists():
         ap.error(f"--out {args.out}: no rows yet")
     print()

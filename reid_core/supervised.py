@@ -72,6 +72,8 @@ class Objective(nn.Module):
         from .losses.triplet_loss import TripletMarginLoss
 
         self.terms = parse_spec(spec)
+        self.aligned_local_weight = float(aligned_local_weight)
+        self.aligned_local_scale = aligned_local_scale
         self.losses = nn.ModuleDict()
         for term in self.terms:
             if term == "id":
@@ -197,9 +199,9 @@ def build_mutual_partner(model: nn.Module, objective: Objective, spec: str, num_
             torch.manual_seed(init_seed)
             partner = build_supervised_model(backbone, pretrained, num_classes, spec)
     partner.to(device)
-    partner_objective = Objective(spec, partner.feat_dim, num_classes,
-                                  aligned_local_weight=getattr(cfg, "aligned_local_weight", 1.0),
-                                  aligned_local_scale=getattr(cfg, "aligned_local_scale", "mean")).to(device)
+    partner_objective = Objective(spec, partner.feat_dim, num_classes,  # the first network's settings
+                                  aligned_local_weight=objective.aligned_local_weight,
+                                  aligned_local_scale=objective.aligned_local_scale).to(device)
     if state and "partner_objective" in state:
         partner_objective.load_state_dict(state["partner_objective"])
     optimizer = build_supervised_optimizer(partner, partner_objective, cfg)
