@@ -9,8 +9,12 @@ the degenerate-clustering warnings the stage raised) to --out.
 
   python bench/fewshot.py --ids 400 --rounds 5 --variants defaults,levers --out bench/results/fewshot.parquet
 
-Variants: 'defaults' (today's RunConfig clustering), 'levers' (the label-free levers of
-README "Defaults, and why": see LEVERS below), or any 'name:field=value;field=value'.
+Variants: 'defaults' (RunConfig's clustering, i.e. plain Cluster-Contrast), 'levers' (camera
+normalisation, splitting and k1 scaled to the cluster size: LEVERS below), 'winner' (exactly the
+camera levers of the issue-11 winner, ``CAM_LEVERS`` read from bench/accuracy.py, which the
+``market1501`` deployment also uses), or any 'name:field=value;field=value'.
+
+  python bench/fewshot.py --ids 400 --rounds 5 --variants defaults,winner --out docs/results/fewshot.parquet
 """
 from __future__ import annotations
 
@@ -32,8 +36,18 @@ from reid_core.pipeline import RunConfig, run_pipeline  # noqa: E402
 from reid_core.pipeline import cache  # noqa: E402
 from reid_core.pipeline.loop import round_paths  # noqa: E402
 
-# the clustering levers the README's winner uses (label-free; see README "Defaults, and why")
+# label-free clustering levers tried for few images per person (k1 follows the median cluster size)
 LEVERS = dict(camera_norm=True, split_factor=4.0, k1_per_cluster=1.5)
+
+
+def winner_levers() -> dict:
+    """The issue-11 winner's levers, from bench/accuracy.py (one source of truth)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_accuracy_levers", REPO / "bench" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.CAM_LEVERS)
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -41,9 +55,11 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         return spec, {}
     if spec == "levers":
         return spec, dict(LEVERS)
+    if spec == "winner":
+        return spec, winner_levers()
     name, sep, body = spec.partition(":")
     if not sep:
-        raise ValueError(f"--variants: {spec!r} is neither 'defaults', 'levers' nor 'name:field=value;...'")
+        raise ValueError(f"--variants: {spec!r} is neither 'defaults', 'levers', 'winner' nor 'name:field=value;...'")
     values = {}
     for item in body.split(";"):
         key, eq, raw = item.partition("=")
