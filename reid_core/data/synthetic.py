@@ -500,6 +500,11 @@ def generate_synthetic(
     plan = _plan(p)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        # mkdtemp makes the folder 0700; once renamed into place it is the dataset folder, which should
+        # get the mode a plain mkdir would give it
+        from ..io.atomic import current_umask
+
+        os.chmod(tmp, 0o777 & ~current_umask())
         for folder in MARKET_FOLDERS.values():
             (tmp / folder).mkdir()
         idents: dict[int, dict] = {}
