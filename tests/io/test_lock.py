@@ -110,3 +110,48 @@ def test_without_flock_the_pid_record_decides(tmp_path, monkeypatch):
     lock_path(run_dir).write_text(json.dumps({**record, "pid": int(dead.stdout)}))
     with run_folder_lock(run_dir):
         assert read_holder(run_dir)["pid"] == os.getpid()
+
+
+def test_lock_records_the_flow_run_and_a_dead_holder_is_remembered(tmp_path, caplog, monkeypatch):
+    """A deployment's flow-run process has PREFECT__FLOW_RUN_ID: the lock records it, so the run that
+    died holding the folder can be matched to its flow run; the next holder remembers the dead one."""
+    from reid_core.io.lock import stale_holder
+
+    run_dir = tmp_path / "r"
+    code = HOLD.replace('sys.stdin.readline()', 'import os, signal; os.kill(os.getpid(), signal.SIGKILL)')
+    dead_id = "11111111-2222-3333-4444-555555555555"
+    proc = subprocess.run([sys.executable, "-c", code, str(run_dir)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "PREFECT__FLOW_RUN_ID": dead_id})
+    assert proc.returncode == -signal.SIGKILL
+    stale = read_holder(run_dir)
+    assert stale["flow_run_id"] == dead_id and not (stale["pid"] == os.getpid())
+    assert stale_holder(run_dir) is None  # nothing taken over yet
+
+    monkeypatch.delenv("PREFECT__FLOW_RUN_ID", raising=False)
+    with caplog.at_level(logging.WARNING, logger="reid_core.io.lock"):
+        with run_folder_lock(run_dir, info={"flow_run_id": "new-run", "flow_run_name": None}):
+            mine = read_holder(run_dir)
+            assert mine["pid"] == os.getpid() and mine["flow_run_id"] == "new-run" and "flow_run_name" not in mine
+            assert mine["took_over"]["pid"] == stale["pid"] and mine["took_over"]["flow_run_id"] == dead_id
+            assert stale_holder(run_dir)["flow_run_id"] == dead_id
+    assert any(f"flow run {dead_id}" in r.message for r in caplog.records)
+    assert stale_holder(run_dir)["pid"] == stale["pid"]  # remembered after release
+    # the next acquisition found the lock free: nothing stale to report any more
+    with run_folder_lock(run_dir):
+        assert "took_over" not in read_holder(run_dir) and "flow_run_id" not in read_holder(run_dir)
+        assert stale_holder(run_dir) is None
+
+
+def test_live_holder_names_its_flow_run(tmp_path):
+    run_dir = tmp_path / "runs" / "r"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT__FLOW_RUN_ID": "live-flow-run"}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=REPO, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderLocked, match=f"pid {proc.pid} .*Prefect flow run live-flow-run"):
+            with run_folder_lock(run_dir):
+                pass
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
