@@ -2,10 +2,11 @@
 contents (presentation only; all computing happens in ``reid_core.pipeline.stages``)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
@@ -146,3 +147,25 @@ def begin_run(cfg: RunConfig, progress: bool, unit: str = "rounds") -> tuple[dic
     p0["metrics"].parent.mkdir(parents=True, exist_ok=True)
     evaluate(images, None, cfg_dict, 0, p0["metrics"], progress=progress)
     return cfg_dict, progress_id, images
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: str | Path) -> Iterator[Path]:
+    """The run-folder lock of a flow: one writer per folder, and the lock record names this flow
+    run (``flow_run_id``, ``flow_run_name``), so a holder that died can be matched to its flow run
+    (``flows.serve`` marks such runs Crashed). Taking over a dead holder's lock is logged as a
+    Prefect warning naming its flow run."""
+    from prefect.logging import get_run_logger
+    from prefect.runtime import flow_run
+
+    from reid_core.io.lock import run_folder_lock, stale_holder
+
+    info = {"flow_run_id": flow_run.id, "flow_run_name": flow_run.name}
+    with run_folder_lock(run_dir, info=info) as path:
+        dead = stale_holder(run_dir)
+        if dead is not None:
+            get_run_logger().warning(
+                "%s: took over the lock of pid %s on %s%s, which is gone; finished stages are kept", run_dir,
+                dead.get("pid"), dead.get("host"),
+                f" (flow run {dead['flow_run_id']})" if dead.get("flow_run_id") else "")
+        yield path

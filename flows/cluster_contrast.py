@@ -17,11 +17,10 @@ from prefect import flow
 from prefect.artifacts import update_progress_artifact
 from prefect.logging import get_run_logger
 
-from reid_core.io.lock import run_folder_lock
 from reid_core.pipeline import cache, loop
 from tasks import build_pseudo_labels, collect_metrics, evaluate, plan_ise, train_epoch, write_profile
 
-from flows._common import DEFAULTS, begin_run, build_config, publish_run_artifacts
+from flows._common import DEFAULTS, begin_run, build_config, hold_run_folder, publish_run_artifacts
 from flows._runners import LOCAL_RUNNERS, dask_scheduler, extract_round
 
 #: share of a round's progress bar given to training (the rest: extract, cluster, evaluate)
@@ -86,7 +85,7 @@ def cluster_contrast(
                          "use the supervised flow for ground-truth training")
     n_shards = int(extract_shards) or (1 if task_runner == "default" else int(dask_workers))
     # one writer per run folder: a second run on it fails at once, naming this process
-    with run_folder_lock(cfg.run_dir), dask_scheduler(task_runner, dask_workers) as address:
+    with hold_run_folder(cfg.run_dir), dask_scheduler(task_runner, dask_workers) as address:
         return _rounds(cfg, progress, address, n_shards)
 
 

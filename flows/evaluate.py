@@ -12,7 +12,7 @@ from prefect.logging import get_run_logger
 from reid_core.io.hashing import file_digest
 from tasks import evaluate, index_images
 
-from flows._common import DEFAULTS, artifact_key, build_config, fmt_value, metrics_table
+from flows._common import DEFAULTS, artifact_key, build_config, fmt_value, hold_run_folder, metrics_table
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{name}", persist_result=False)
@@ -47,11 +47,13 @@ def evaluate_checkpoint(
     if ckpt is not None and not ckpt.exists():
         raise FileNotFoundError(f"checkpoint: {ckpt} does not exist")
     tag = "initial" if ckpt is None else file_digest(ckpt)[:12]
-    images = index_images(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
-    out = cfg.run_dir / "eval" / f"metrics_{tag}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path = evaluate(images, ckpt, cfg.to_dict(), round_idx, out, extra={"checkpoint": str(ckpt or "")},
-                            progress=progress)
+    # it writes images.parquet and eval/ into the run folder: one writer at a time, as training runs
+    with hold_run_folder(cfg.run_dir):
+        images = index_images(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
+        out = cfg.run_dir / "eval" / f"metrics_{tag}.parquet"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path = evaluate(images, ckpt, cfg.to_dict(), round_idx, out, extra={"checkpoint": str(ckpt or "")},
+                                progress=progress)
     records = metrics_table(pd.read_parquet(metrics_path))
     key = artifact_key(cfg.name, "eval", tag)
     create_table_artifact(records, key=key, description=f"metrics of {ckpt or 'the starting model'}")

@@ -13,11 +13,10 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import update_progress_artifact
 
-from reid_core.io.lock import run_folder_lock
 from reid_core.pipeline import loop
 from tasks import collect_metrics, evaluate, ground_truth_labels, train_epoch, write_profile
 
-from flows._common import DEFAULTS, begin_run, build_config, publish_run_artifacts
+from flows._common import DEFAULTS, begin_run, build_config, hold_run_folder, publish_run_artifacts
 
 
 @flow(name="supervised", flow_run_name="{name}", persist_result=False)
@@ -42,7 +41,7 @@ def supervised(
                  use_ise=False)
     cfg = build_config(named, overrides)
     # one writer per run folder: a second run on it fails at once, naming this process
-    with run_folder_lock(cfg.run_dir):
+    with hold_run_folder(cfg.run_dir):
         cfg_dict, progress_id, images = begin_run(cfg, progress, unit="epochs")
         checkpoint: Path | None = None
         for r in range(1, cfg.rounds + 1):

@@ -63,10 +63,7 @@ def config_from_args(args: argparse.Namespace, **defaults):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a backbone (no training) or a checkpoint on query/gallery; print + write Parquet."""
-    import pandas as pd
-
     from .pipeline import stages
-    from .pipeline.loop import run_provenance
 
     defaults = dict(name="evaluate", dataset="market1501", data_root=DEFAULT_MARKET, rounds=0)
     if args.checkpoint and args.backbone is None:  # the checkpoint says which backbone it holds
@@ -75,7 +72,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         defaults["backbone"] = resolve_model(args.checkpoint).backbone
     cfg = config_from_args(args, **defaults)
     out = Path(args.out) if args.out else cfg.run_dir / "evaluate.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # it writes images.parquet and the metrics file into out's folder: hold that folder's lock, as a
+    # training run does, so two commands never interleave their files (the run folder by default; a
+    # folder of the user's own choosing keeps its temporary-looking files)
+    from .io.lock import run_folder_lock
+
+    in_run_dir = out.parent.resolve() == cfg.run_dir.resolve()
+    with run_folder_lock(out.parent, remove_temporaries=in_run_dir):
+        return _evaluate_into(args, cfg, stages, out)
+
+
+def _evaluate_into(args: argparse.Namespace, cfg, stages, out: Path) -> int:
+    import pandas as pd
+
+    from .pipeline.loop import run_provenance
+
     images = stages.index_images(cfg.dataset, cfg.data_root, out.parent / "images.parquet")
     n_eval = int(pd.read_parquet(images)["split"].isin(["query", "gallery"]).sum())
     t0 = time.perf_counter()
