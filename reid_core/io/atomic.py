@@ -146,9 +146,14 @@ def _is_disk_full(exc: OSError) -> bool:
 #: fault injection for bench/faults.py (off unless the variable is set): ``REID_FAULT_KILL_AT_WRITE=N``
 #: SIGKILLs this process at its N-th atomic write; ``REID_FAULT_MODE`` says where: ``mid_write``
 #: (the temporary file cut to half its size, as if killed while writing), ``before_rename`` (the
-#: temporary file complete) or ``after_rename`` (the file in place, its stage record not yet written)
+#: temporary file complete) or ``after_rename`` (the file in place, its stage record not yet written).
+#: ``stall`` (= ``stall:before_rename``) or ``stall:<where>`` stops there instead of dying, so that an
+#: external killer can SIGKILL the whole process tree, or only its parent: the stalled process writes
+#: its pid to ``REID_FAULT_STALL_FILE`` (when set), sleeps, and SIGKILLs itself once its parent is
+#: gone (a flow run dies with the serve process / worker that started it).
 _FAULT_ENV = "REID_FAULT_KILL_AT_WRITE"
 _FAULT_MODE_ENV = "REID_FAULT_MODE"
+_FAULT_STALL_FILE_ENV = "REID_FAULT_STALL_FILE"
 _writes = [0]
 
 
@@ -157,7 +162,9 @@ def _fault_point(target: Path, tmp: Path | None = None, phase: str = "before_ren
     if not at:
         return
     mode = os.environ.get(_FAULT_MODE_ENV, "before_rename")
-    if mode != phase and not (mode == "mid_write" and phase == "before_rename"):
+    stall = mode == "stall" or mode.startswith("stall:")
+    where = (mode.partition(":")[2] or "before_rename") if stall else mode
+    if where != phase and not (where == "mid_write" and phase == "before_rename"):
         return
     _writes[0] += 1
     if _writes[0] != int(at):
@@ -165,8 +172,30 @@ def _fault_point(target: Path, tmp: Path | None = None, phase: str = "before_ren
     import signal
     import sys
 
-    if mode == "mid_write" and tmp is not None and tmp.exists():
+    if where == "mid_write" and tmp is not None and tmp.exists():
         with open(tmp, "r+b") as fh:
             fh.truncate(tmp.stat().st_size // 2)
+    if stall:
+        _stall(f"atomic write {_writes[0]} ({where}, {target})")
     print(f"fault: SIGKILL at atomic write {_writes[0]} ({mode}, {target})", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _stall(what: str) -> None:
+    """Stop here until killed; die (SIGKILL) as soon as the parent process is gone."""
+    import signal
+    import sys
+    import time
+
+    parent = os.getppid()
+    marker = os.environ.get(_FAULT_STALL_FILE_ENV)
+    print(f"fault: STALL at {what}, pid {os.getpid()}", file=sys.stderr, flush=True)
+    if marker:
+        tmp = f"{marker}.{os.getpid()}.part"
+        with open(tmp, "w") as fh:
+            fh.write(f"{os.getpid()} {parent}\n{what}\n")
+        os.replace(tmp, marker)
+    while os.getppid() == parent:
+        time.sleep(0.1)
+    print(f"fault: parent {parent} gone while stalled; SIGKILL", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
