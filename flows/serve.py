@@ -12,6 +12,10 @@ What it does, in order:
    ``cluster-contrast/<name>`` and ``evaluate/<name>``; runs execute in subprocesses of it.
    ``--mode worker``: creates the process work pool ``--pool``, runs ``prefect deploy --all`` with
    the repository's ``prefect.yaml`` and starts ``prefect worker start --pool <pool>``;
+   Before the runner starts, flow runs of the deployments still shown as Running / Pending whose
+   process is gone (a SIGKILLed launcher, worker or flow run never reports its end) are marked
+   ``Crashed`` (``python -m flows.serve _mark-dead``): otherwise such a run keeps the deployment's
+   concurrency slot (``concurrency_limit: 1``) and the next run waits for its lease to expire;
 3. waits until the deployment is registered, prints ``READY ...`` and writes ``<home>/serve.json``
    (API URL, deployment names, process ids);
 4. with ``--run``: ``prefect deployment run 'cluster-contrast/<name>' --watch`` with the given
@@ -186,6 +190,100 @@ def deployment_ready(api_url: str, flow_name: str, deployment: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# flow runs left Running by a dead process (runs in a child process: it imports Prefect)
+
+#: set by Prefect's runner and process worker in the environment of a deployment's flow-run process
+FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"
+
+
+def live_flow_run_processes() -> dict[str, list[int]]:
+    """Flow-run id -> live processes on this host started for it (their ``PREFECT__FLOW_RUN_ID``).
+    Processes whose environment cannot be read (other users') are skipped."""
+    import psutil
+
+    found: dict[str, list[int]] = {}
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            run_id = proc.environ().get(FLOW_RUN_ENV)
+        except (psutil.Error, OSError):
+            continue
+        if run_id:
+            found.setdefault(run_id, []).append(proc.pid)
+    return found
+
+
+def _run_folder_of(parameters: dict[str, Any]) -> Path:
+    """The run folder a cluster-contrast / supervised / evaluate run writes (relative paths are
+    resolved against the repository root, where deployments run)."""
+    from reid_core.pipeline.config import RunConfig
+
+    defaults = RunConfig()
+    runs_dir = Path(str(parameters.get("runs_dir") or defaults.runs_dir)).expanduser()
+    if not runs_dir.is_absolute():
+        runs_dir = REPO_ROOT / runs_dir
+    return runs_dir / str(parameters.get("name") or defaults.name)
+
+
+def why_dead(run_id: str, parameters: dict[str, Any], live: dict[str, list[int]]) -> str | None:
+    """Why the flow run ``run_id`` has no live process on this host, or ``None`` when it may be alive.
+
+    Alive: a process carries its id (``live``), or the lock of its run folder names it with a holder
+    that lives (or on another host, which cannot be checked from here)."""
+    import socket
+
+    from reid_core.io.lock import pid_alive, read_holder
+
+    if live.get(run_id):
+        return None
+    run_dir = _run_folder_of(parameters)
+    holder = read_holder(run_dir)
+    if holder.get("flow_run_id") == run_id:
+        if holder.get("host") != socket.gethostname():
+            return None
+        if pid_alive(int(holder.get("pid", -1))):
+            return None
+        return (f"its process (pid {holder.get('pid')}, holder of {run_dir / '.run.lock'}) is gone and no "
+                "process on this host runs it")
+    return "no process on this host runs it"
+
+
+def mark_dead_flow_runs(client=None, host_processes: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
+    """Mark ``Crashed`` every deployment flow run in a Running or Pending state whose process is gone
+    (see :func:`why_dead`). Returns ``[{"id", "name", "state", "reason"}]`` of the runs marked.
+
+    ``client``: a sync Prefect client (default: ``get_client(sync_client=True)`` of the current
+    settings). The server's API listens on 127.0.0.1 only, so every runner of its deployments is on
+    this host: a run no process here carries is dead. Crashed is a terminal state, so the run's
+    deployment concurrency slot is released."""
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    if client is None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as own:
+            return mark_dead_flow_runs(own, host_processes)
+    live = live_flow_run_processes() if host_processes is None else host_processes
+    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])),
+        deployment_id=FlowRunFilterDeploymentId(is_null_=False)))
+    marked = []
+    for run in runs:
+        reason = why_dead(str(run.id), dict(run.parameters or {}), live)
+        if reason is None:
+            continue
+        was = run.state.name if run.state else "?"
+        client.set_flow_run_state(run.id, Crashed(message=f"marked Crashed by flows.serve at start: {reason} "
+                                                          f"(was {was})"), force=True)
+        marked.append({"id": str(run.id), "name": run.name, "state": was, "reason": reason})
+    return marked
+
+
+# ----------------------------------------------------------------------------------------------
 # child entry point: serve the deployments (this process imports Prefect and the flows)
 
 def serve_deployments(deployment_name: str, limit: int | None) -> None:
@@ -256,6 +354,25 @@ class Launcher:
         wait_for(lambda: api_get(self.api_url, "/health")[0] == 200, self.args.startup_timeout,
                  "Prefect server", [self.server])
 
+    def mark_dead_runs(self) -> None:
+        """Flow runs left Running / Pending by dead processes -> Crashed (before any runner starts,
+        so none of them can be one of ours starting up). A failure here is reported, not fatal."""
+        cmd = [sys.executable, "-m", "flows.serve", "_mark-dead"]
+        try:
+            res = subprocess.run(cmd, cwd=REPO_ROOT, env=self.env, timeout=180, text=True, capture_output=True)
+        except subprocess.TimeoutExpired:
+            print("[serve] warning: marking dead flow runs timed out; left as they are", flush=True)
+            return
+        if res.returncode != 0:
+            print(f"[serve] warning: marking dead flow runs failed ({res.returncode}): "
+                  f"{(res.stderr.strip().splitlines() or [''])[-1]}", flush=True)
+            return
+        for line in res.stdout.splitlines():
+            if line.startswith("{"):
+                run = json.loads(line)
+                print(f"[serve] marked flow run {run['name']} ({run['id']}) Crashed: was {run['state']}, "
+                      f"{run['reason']}", flush=True)
+
     def start_runner(self) -> None:
         name = self.args.deployment_name
         if self.args.mode == "serve":
@@ -320,6 +437,7 @@ class Launcher:
                                  f"{sorted(names)}; pass --deployment-name {sorted(names)[0]}")
         try:
             self.start_server()
+            self.mark_dead_runs()
             self.start_runner()
             print(f"READY api={self.api_url} ui=http://{HOST}:{self.port} deployments="
                   f"{','.join(f'{f}/{self.args.deployment_name}' for f in FLOW_NAMES)}", flush=True)
@@ -374,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--limit", type=int, default=None)
         a = sub.parse_args(argv[1:])
         serve_deployments(a.deployment_name, a.limit)
+        return 0
+    if argv[:1] == ["_mark-dead"]:  # internal: mark dead flow runs Crashed (a child with the server's env)
+        for run in mark_dead_flow_runs():
+            print(json.dumps(run), flush=True)
         return 0
     args = build_parser().parse_args(argv)
     if shutil.which("prefect") is None and not Path(sys.executable).with_name("prefect").exists():
