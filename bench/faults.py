@@ -27,6 +27,20 @@ starts one local ``prefect server`` for all children (as a deployment would have
 
 ``--points`` write kill points are spread evenly over the three modes, each at a seeded write
 number; a run of the tiny pipeline makes 32 atomic writes (files and their stage records).
+
+``--deployment serve|worker`` kills a *deployment run* instead: for each point it starts
+``python -m flows.serve`` (``--mode serve``: served deployments; ``--mode worker``: process work pool,
+``prefect deploy``, worker) with a fresh Prefect home, runs ``cluster-contrast/<name>`` on the tiny
+set, lets the flow-run process stall at its N-th atomic write (``REID_FAULT_MODE=stall:<where>``),
+then SIGKILLs (``--kill``) either the whole tree (launcher, server, serve process / worker, flow
+run: nothing gets to clean up) or only the flow run's parent (the serve process / worker; the
+stalled flow run then dies too, and the launcher shuts the server down). It then starts the
+launcher again on the same Prefect home, which must mark the dead run Crashed (its concurrency slot
+would block the rerun), and runs the deployment again: the rerun must complete with the
+uninterrupted run's metrics, every file matching its record, and the stages finished before the
+kill untouched (same bytes and modification time of output and record). One JSON line per point:
+
+  python bench/faults.py --deployment serve --kill tree --points 4 --seed 0 --work /tmp/faults-deploy
 """
 from __future__ import annotations
 
@@ -74,10 +88,7 @@ def child(args: argparse.Namespace) -> int:
 
         from flows.cluster_contrast import cluster_contrast
 
-        named = ("name", "dataset", "data_root", "backbone", "rounds", "cluster_method", "eps", "use_ise", "p", "k",
-                 "iters", "seed", "runs_dir")
-        overrides = {k: v for k, v in cfg.to_dict().items() if k not in named and v != getattr(type(cfg)(), k)}
-        out = cluster_contrast(**{k: getattr(cfg, k) for k in named}, overrides=overrides)
+        out = cluster_contrast(**flow_parameters(cfg))
         df = pd.read_parquet(out["metrics_path"])
     else:
         df = run_pipeline(cfg, progress=False)
@@ -221,6 +232,244 @@ def draw_points(n_writes: int, points: int, timer_points: int, max_seconds: floa
     return chains
 
 
+# ----------------------------------------------------------------------------------------------
+# deployment runs (python -m flows.serve) killed at a stalled write
+
+def flow_parameters(cfg) -> dict[str, Any]:
+    """The cluster-contrast flow's parameters for ``cfg`` (named ones + ``overrides``), as ``child`` runs it."""
+    named = ("name", "dataset", "data_root", "backbone", "rounds", "cluster_method", "eps", "use_ise", "p", "k",
+             "iters", "seed", "runs_dir")
+    overrides = {k: v for k, v in cfg.to_dict().items() if k not in named and v != getattr(type(cfg)(), k)}
+    return {**{k: getattr(cfg, k) for k in named}, "overrides": overrides}
+
+
+def finished_stages(run_dir: Path) -> dict[str, tuple]:
+    """Stage records whose outputs match them: record and outputs with their digest and mtime."""
+    from reid_core.io.hashing import file_digest
+    from reid_core.pipeline import cache
+
+    done = {}
+    for side in sorted(run_dir.rglob("*" + cache.SIDE_SUFFIX)):
+        try:
+            outputs = json.loads(side.read_text()).get("output_digests", {})
+        except (OSError, ValueError):
+            continue
+        files = [side.parent / n for n in outputs]
+        if outputs and all(f.exists() and file_digest(f) == outputs[f.name] for f in files):
+            done[str(side.relative_to(run_dir))] = tuple(
+                (f.name, file_digest(f), f.stat().st_mtime_ns) for f in [side, *files])
+    return done
+
+
+def _process_tree(pid: int) -> list:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+class Deployment:
+    """One ``python -m flows.serve`` launcher of the harness (its log in ``<home>/launcher-<i>.log``)."""
+
+    def __init__(self, home: Path, mode: str, env_extra: dict[str, str], index: int) -> None:
+        from flows.serve import free_port, prefect_env
+
+        self.home, self.mode = home, mode
+        self.name = "bench" if mode == "serve" else "local"  # worker mode: the names of prefect.yaml
+        self.port = free_port()
+        self.env = {**_env(), **prefect_env(home, self.port, base={}), **env_extra}
+        self.env["PYTHONPATH"] = str(REPO)
+        self.log = home / f"launcher-{index}.log"
+        home.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as fh:
+            self.proc = subprocess.Popen([sys.executable, "-m", "flows.serve", "--mode", mode, "--port", str(self.port),
+                                          "--home", str(home), "--no-ui", "--deployment-name", self.name,
+                                          "--startup-timeout", "300"], cwd=REPO, env=self.env, stdout=fh,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 400) -> None:
+        deadline = time.monotonic() + timeout
+        while b"READY" not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"launcher not ready:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def trigger(self, params: dict[str, Any], watch: bool) -> subprocess.CompletedProcess:
+        from flows.serve import prefect_cli
+
+        cmd = prefect_cli() + ["deployment", "run", f"cluster-contrast/{self.name}"]
+        if watch:
+            cmd += ["--watch", "--watch-timeout", "900", "--watch-interval", "2"]
+        for key, value in params.items():
+            cmd += ["--param", f"{key}={json.dumps(value)}"]
+        env = {k: v for k, v in self.env.items() if not k.startswith("REID_FAULT_")}
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1000)
+
+    def processes(self) -> list:
+        procs = _process_tree(self.proc.pid)
+        state = self.home / "serve.json"
+        if state.exists():
+            for pid in json.loads(state.read_text())["pids"].values():
+                procs += _process_tree(pid) if pid else []
+        return list({p.pid: p for p in procs}.values())
+
+    def kill_all(self) -> None:
+        import psutil
+
+        procs = self.processes()
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=15)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def stop(self) -> None:
+        """SIGTERM (the launcher's clean shutdown), then kill whatever is left."""
+        procs = self.processes()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pass
+        import psutil
+
+        left = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        for p in left:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def deployment_kill_point(point: str, mode: str, kill: str, work: Path, data: Path, rounds: int,
+                          reference: dict[str, Any]) -> dict[str, Any]:
+    """Run a deployment, SIGKILL it at ``point`` (``write:<where>:<N>``), run it again; one record."""
+    import psutil
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    _, where, n = point.split(":")
+    tag = f"{mode}_{kill}_{where}_{n}"
+    home, run_dir = work / "deploy" / tag / "prefect_home", work / "deploy" / tag / "runs" / "run"
+    shutil.rmtree(home.parent, ignore_errors=True)
+    stall_file = home.parent / "stalled"
+    params = flow_parameters(tiny_config(run_dir, data, rounds))
+    rec: dict[str, Any] = {"point": point, "deployment": mode, "kill": kill, "killed": False, "survived": False}
+    first = second = None
+    try:
+        first = Deployment(home, mode, {"REID_FAULT_KILL_AT_WRITE": n, "REID_FAULT_MODE": f"stall:{where}",
+                                        "REID_FAULT_STALL_FILE": str(stall_file)}, 1)
+        first.wait_ready()
+        res = first.trigger(params, watch=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"deployment run failed to start: {res.stderr[-1000:]}")
+        deadline = time.monotonic() + 600
+        while not stall_file.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the flow run never reached its kill point")
+            time.sleep(0.2)
+        stalled_pid, parent_pid = map(int, stall_file.read_text().split("\n")[0].split())
+        rec["where"] = stall_file.read_text().split("\n")[1]
+        before = finished_stages(run_dir)
+        if kill == "tree":
+            first.kill_all()
+        else:
+            os.kill(parent_pid, signal.SIGKILL)
+            try:
+                first.proc.wait(timeout=180)  # the launcher notices its runner died and stops the server
+            except subprocess.TimeoutExpired:
+                first.kill_all()
+        try:
+            gone = not psutil.Process(stalled_pid).is_running() or \
+                psutil.Process(stalled_pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            gone = True
+        if not gone:
+            psutil.wait_procs([psutil.Process(stalled_pid)], timeout=30)
+        rec["killed"] = True
+        first.kill_all()  # nothing of the first deployment may survive into the rerun
+        second = Deployment(home, mode, {}, 2)
+        second.wait_ready()
+        log = second.log.read_text()
+        rec["marked_crashed"] = sum(1 for ln in log.splitlines() if "marked flow run" in ln and "Crashed" in ln)
+        t_rerun = time.perf_counter()
+        res = second.trigger(params, watch=True)
+        rec["rerun_seconds"] = round(time.perf_counter() - t_rerun, 1)
+        rec["rerun_exit"] = res.returncode
+        problems = [] if res.returncode == 0 and "Completed" in res.stdout else \
+            [f"rerun did not complete: {res.stdout[-600:]} {res.stderr[-300:]}"]
+        if not problems:
+            df = pd.read_parquet(run_dir / "metrics.parquet")
+            cols = [c for c in METRIC_COLUMNS if c in df.columns]
+            rows = [{c: (None if v != v else (v.item() if hasattr(v, "item") else v)) for c, v in r.items()}
+                    for r in df[cols].astype(object).to_dict("records")]
+            rec["identical_metrics"] = rows == reference["metrics"]
+            if not rec["identical_metrics"]:
+                problems.append("metrics differ from the uninterrupted run")
+            problems += verify_run_folder(run_dir)
+            after = finished_stages(run_dir)
+            touched = sorted(k for k, v in before.items() if after.get(k) != v)
+            rec["finished_before_kill"] = len(before)
+            rec["finished_stages_touched"] = touched
+            problems += [f"{k}: finished before the kill, rewritten by the rerun" for k in touched]
+        if rec["marked_crashed"] < 1:
+            problems.append("the killed flow run was not marked Crashed at the launcher's start")
+        rec["problems"] = problems
+        rec["survived"] = not problems
+    except Exception as exc:  # a harness failure is a failed point, with its reason
+        rec["problems"] = [f"{type(exc).__name__}: {exc}"[-1500:]]
+    finally:
+        for d in (first, second):
+            if d is not None:
+                d.stop()
+    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    if rec["survived"]:
+        shutil.rmtree(home.parent, ignore_errors=True)
+    return rec
+
+
+def _deployment_harness(args: argparse.Namespace) -> int:
+    from reid_core.data.synthetic import generate_synthetic
+
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "synth"
+    if not (data / "bounding_box_train").is_dir():
+        generate_synthetic(data, n_ids=12, n_cams=2, images_per_id_cam=3, seed=2)
+    ref_dir = work / "runs" / "reference"
+    shutil.rmtree(ref_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    rc, reference, err = run_child(ref_dir, data, args.rounds, _env(REID_FAULT_KILL_AT_WRITE="0"))
+    if rc != 0 or reference is None:
+        print(json.dumps({"error": f"reference run failed (exit {rc})", "stderr": err[-2000:]}))
+        return 1
+    print(json.dumps({"reference": reference["metrics"], "writes": reference["writes"],
+                      "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+    rng = random.Random(args.seed)
+    modes = [m for m in args.modes.split(",") if m]
+    points = [f"write:{modes[i % len(modes)]}:{rng.randint(1, max(1, reference['writes'] - 2))}"
+              for i in range(args.points)]
+    tried = survived = 0
+    for point in points:
+        rec = deployment_kill_point(point, args.deployment, args.kill, work, data, args.rounds, reference)
+        print(json.dumps(rec), flush=True)
+        tried += 1
+        survived += int(rec["survived"])
+    print(json.dumps({"summary": {"deployment": args.deployment, "kill": args.kill, "tried": tried,
+                                  "survived": survived}, "seed": args.seed, "writes_per_run": reference["writes"]}),
+          flush=True)
+    return 0 if survived == tried else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
@@ -239,9 +488,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runner", default="plain", choices=["plain", "flow"],
                     help="kill the plain loop, or the cluster-contrast Prefect flow (a local Prefect server is "
                          "started for the children)")
+    ap.add_argument("--deployment", choices=["serve", "worker"], default=None,
+                    help="kill a deployment run of `python -m flows.serve --mode <this>` (see above)")
+    ap.add_argument("--kill", choices=["tree", "parent"], default="tree",
+                    help="--deployment: SIGKILL the whole process tree, or only the flow run's parent")
     args = ap.parse_args(argv)
     if args.cmd == "child":
         return child(args)
+    if args.deployment is not None:
+        return _deployment_harness(args)
     RUNNER[0] = args.runner
     server = start_prefect_server(Path(args.work).resolve() / "prefect_home") if args.runner == "flow" else None
     try:
