@@ -48,6 +48,6 @@ def test_killed_deployment_run_resumes_on_rerun(faults, tmp_path):
     assert rec["killed"], rec
     assert "atomic write 8 (mid_write" in rec["where"], rec
     assert rec["finished_before_kill"] >= 2, rec  # something finished before the kill, and it was kept
-    assert rec["marked_crashed"] == 1, rec
+    assert rec["marked_crashed"] == 1 and rec["killed_run_state"] == "CRASHED", rec
     assert rec["identical_metrics"] and rec["finished_stages_touched"] == [], rec
     assert rec["survived"] and rec["problems"] == [], rec
