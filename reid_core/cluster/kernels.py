@@ -1,0 +1,253 @@
+"""Compiled (numba, ``cache=True``) loops of the clustering step, built on first use.
+
+Each getter returns the compiled function, or ``None`` when numba is not installed (callers then
+take a numpy/torch path). The machine code is cached on disk (``__pycache__`` next to this file,
+or numba's user cache dir, or ``NUMBA_CACHE_DIR``), so only the very first process compiles;
+:func:`reid_core.cluster.jaccard.warm_up_kernel` compiles all of them at install time so that
+no compile lands inside a timed or clustered call.
+
+All kernels are ``nogil``: callers split rows into blocks and run them in threads.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["pair_dots_kernel", "pair_once_kernel", "topk_update_kernel", "bf16_key", "key_to_float", "numba_available"]
+
+_CACHE: dict[str, object] = {}
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:  # pragma: no cover - numba comes with pynndescent
+        return False
+    return True
+
+
+def bf16_key(bits: np.ndarray) -> np.ndarray:
+    """Order-preserving integer keys of bf16 bit patterns (int16 view): ``a < b`` as floats iff
+    ``key(a) < key(b)`` (NaN aside; -0 sorts just below +0)."""
+    u = bits.view(np.uint16).astype(np.int32)
+    return np.where(u & 0x8000, 0xFFFF - u, u | 0x8000)
+
+
+def key_to_float(key: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`bf16_key`, as float32 (every bf16 value is exact in fp32)."""
+    key = np.asarray(key, dtype=np.int64)
+    u = np.where(key & 0x8000, key & 0x7FFF, 0xFFFF - key).astype(np.uint32)
+    return (u << np.uint32(16)).view(np.float32)
+
+
+def topk_update_kernel():
+    """``kernel(s16, s, row_lo, row_hi, col_lo, col_hi, heap_k, heap_i, cnt)``: fold one block of
+    the symmetric Gram matrix into per-row min-heaps of the ``w`` largest scores.
+
+    ``s16`` (b, n - s) holds bf16 bit patterns (int16) of the products of rows ``s .. s+b`` with
+    rows ``s .. n``. Rows ``r`` in ``[row_lo, row_hi)`` (inside the block) take their row of
+    ``s16`` (all columns but their own); rows ``r`` in ``[col_lo, col_hi)`` (after the block) take
+    their column (the block's rows as candidates). ``heap_k`` (n, w) int32 keys
+    (:func:`bf16_key`), ``heap_i`` (n, w) int64 candidate rows, ``cnt`` (n,) filled sizes.
+    A candidate equal to a full heap's minimum is not taken (ties at the cut are arbitrary)."""
+    if "topk_update" in _CACHE:
+        return _CACHE["topk_update"]
+    if not numba_available():  # pragma: no cover
+        _CACHE["topk_update"] = None
+        return None
+    import numba
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def push(heap_k, heap_i, cnt, r, key, j):  # pragma: no cover - compiled
+        w = heap_k.shape[1]
+        c = cnt[r]
+        if c < w:
+            # sift up
+            pos = c
+            while pos > 0:
+                parent = (pos - 1) >> 1
+                if heap_k[r, parent] <= key:
+                    break
+                heap_k[r, pos] = heap_k[r, parent]
+                heap_i[r, pos] = heap_i[r, parent]
+                pos = parent
+            heap_k[r, pos] = key
+            heap_i[r, pos] = j
+            cnt[r] = c + 1
+        elif key > heap_k[r, 0]:
+            # replace the minimum, sift down
+            pos = 0
+            while True:
+                child = 2 * pos + 1
+                if child >= w:
+                    break
+                if child + 1 < w and heap_k[r, child + 1] < heap_k[r, child]:
+                    child += 1
+                if heap_k[r, child] >= key:
+                    break
+                heap_k[r, pos] = heap_k[r, child]
+                heap_i[r, pos] = heap_i[r, child]
+                pos = child
+            heap_k[r, pos] = key
+            heap_i[r, pos] = j
+
+    @numba.njit(nogil=True, cache=True)
+    def topk_update(s16, s, row_lo, row_hi, col_lo, col_hi, heap_k, heap_i, cnt):  # pragma: no cover
+        ncol = s16.shape[1]
+        b = s16.shape[0]
+        w = heap_k.shape[1]
+        for r in range(row_lo, row_hi):
+            p = r - s
+            for col in range(ncol):
+                if col == p:
+                    continue
+                u = np.int32(s16[p, col]) & 0xFFFF
+                key = 0xFFFF - u if u & 0x8000 else u | 0x8000
+                if cnt[r] < w or key > heap_k[r, 0]:
+                    push(heap_k, heap_i, cnt, r, key, s + col)
+        tile = 256
+        for t0 in range(col_lo, col_hi, tile):
+            t1 = min(t0 + tile, col_hi)
+            for p in range(b):
+                for r in range(t0, t1):
+                    u = np.int32(s16[p, r - s]) & 0xFFFF
+                    key = 0xFFFF - u if u & 0x8000 else u | 0x8000
+                    if cnt[r] < w or key > heap_k[r, 0]:
+                        push(heap_k, heap_i, cnt, r, key, s + p)
+
+    _CACHE["topk_update"] = topk_update
+    return topk_update
+
+
+def pair_dots_kernel():
+    """``kernel(x, r0, r1, cand, start, stop, out)``: for rows ``i`` in ``[r0, r1)`` and
+    ``t`` in ``[start[i], stop[i])``, ``out[i, t] = x[i] . x[cand[i, t]]`` accumulated in fp32
+    (any order: ``fastmath`` lets numba vectorise it)."""
+    if "pair_dots" in _CACHE:
+        return _CACHE["pair_dots"]
+    if not numba_available():  # pragma: no cover
+        _CACHE["pair_dots"] = None
+        return None
+    import numba
+
+    @numba.njit(nogil=True, fastmath=True, cache=True)
+    def pair_dots(x, r0, r1, cand, start, stop, out):  # pragma: no cover - compiled
+        d = x.shape[1]
+        for i in range(r0, r1):
+            for t in range(start[i], stop[i]):
+                j = cand[i, t]
+                acc = np.float32(0.0)
+                for q in range(d):
+                    acc += x[i, q] * x[j, q]
+                out[i, t] = acc
+
+    _CACHE["pair_dots"] = pair_dots
+    return pair_dots
+
+
+def pair_once_kernel():
+    """See :func:`reid_core.cluster.jaccard.pair_once_jaccard`."""
+    if "pair_once" in _CACHE:
+        return _CACHE["pair_once"]
+    if not numba_available():  # pragma: no cover
+        _CACHE["pair_once"] = None
+        return None
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def pair_once(r0, r1, a_ptr, a_idx, a_val, c_ptr, c_idx, c_val, n, m_min, max_dist):  # pragma: no cover
+        # accumulators over columns k > i of the current row i
+        acc = np.zeros(n, dtype=np.float64)
+        seen = np.zeros(n, dtype=np.bool_)
+        touched = np.empty(n, dtype=np.int64)
+        dense = np.zeros(n, dtype=np.float64)  # row i scattered by column (for verification)
+        cap = max(1024, (r1 - r0) * 8)
+        out_cols = np.empty(cap, dtype=np.int64)
+        out_vals = np.empty(cap, dtype=np.float32)
+        counts = np.zeros(r1 - r0, dtype=np.int64)
+        pos = 0
+        slack = 1e-9
+        for i in range(r0, r1):
+            p0 = a_ptr[i]
+            p1 = a_ptr[i + 1]
+            vals = a_val[p0:p1].astype(np.float64)
+            order = np.argsort(-vals, kind="mergesort")
+            rem = 0.0
+            for t in range(p1 - p0):
+                rem += vals[t]
+            nt = 0
+            done = 0
+            # 1. prefix: columns of row i in decreasing weight while a new partner could still reach m_min
+            for t in range(p1 - p0):
+                if rem < m_min - slack:
+                    break
+                p = p0 + order[t]
+                j = a_idx[p]
+                a = vals[order[t]]
+                q0 = c_ptr[j]
+                q1 = c_ptr[j + 1]
+                # partners k > i only: binary search in the sorted column
+                lo = q0
+                hi = q1
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if c_idx[mid] <= i:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                for q in range(lo, q1):
+                    k = c_idx[q]
+                    if not seen[k]:
+                        seen[k] = True
+                        touched[nt] = k
+                        nt += 1
+                    b = c_val[q]
+                    acc[k] += a if a < b else b
+                rem -= a
+                done += 1
+            complete = done == p1 - p0
+            if not complete:
+                for p in range(p0, p1):
+                    dense[a_idx[p]] = a_val[p]
+            start = pos
+            srt = np.sort(touched[:nt])
+            for t in range(nt):
+                k = srt[t]
+                m = acc[k]
+                acc[k] = 0.0
+                seen[k] = False
+                if not complete:
+                    # columns of row i not in the prefix add at most rem: skip when even that cannot reach m_min
+                    if m + rem < m_min - slack:
+                        continue
+                    m = 0.0
+                    for q in range(a_ptr[k], a_ptr[k + 1]):
+                        av = dense[a_idx[q]]
+                        if av > 0.0:
+                            bv = a_val[q]
+                            m += av if av < bv else bv
+                d = 1.0 - m / (2.0 - m)
+                if d < 0.0:
+                    d = 0.0
+                elif d > 1.0:
+                    d = 1.0
+                if d > max_dist:
+                    continue
+                if pos == cap:
+                    cap *= 2
+                    nc = np.empty(cap, dtype=np.int64)
+                    nv = np.empty(cap, dtype=np.float32)
+                    nc[:pos] = out_cols[:pos]
+                    nv[:pos] = out_vals[:pos]
+                    out_cols = nc
+                    out_vals = nv
+                out_cols[pos] = k
+                out_vals[pos] = d
+                pos += 1
+            if not complete:
+                for p in range(p0, p1):
+                    dense[a_idx[p]] = 0.0
+            counts[i - r0] = pos - start
+        return counts, out_cols[:pos], out_vals[:pos]
+
+    _CACHE["pair_once"] = pair_once
+    return pair_once
