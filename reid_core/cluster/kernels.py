@@ -155,11 +155,10 @@ def pair_once_kernel():
 
     @numba.njit(nogil=True, cache=True)
     def pair_once(r0, r1, a_ptr, a_idx, a_val, c_ptr, c_idx, c_val, n, m_min, max_dist):  # pragma: no cover
-        # accumulators over columns k > i of the current row i
-        acc = np.zeros(n, dtype=np.float64)
-        seen = np.zeros(n, dtype=np.bool_)
+        acc = np.zeros(n, dtype=np.float64)  # partial sum of min over the columns walked, partners k > i
+        live = np.zeros(n, dtype=np.bool_)  # partner met and still able to reach m_min
         touched = np.empty(n, dtype=np.int64)
-        dense = np.zeros(n, dtype=np.float64)  # row i scattered by column (for verification)
+        dense = np.zeros(n, dtype=np.float64)  # row i scattered by column (for the verification merges)
         cap = max(1024, (r1 - r0) * 8)
         out_cols = np.empty(cap, dtype=np.int64)
         out_vals = np.empty(cap, dtype=np.float32)
@@ -169,62 +168,113 @@ def pair_once_kernel():
         for i in range(r0, r1):
             p0 = a_ptr[i]
             p1 = a_ptr[i + 1]
+            length = p1 - p0
             vals = a_val[p0:p1].astype(np.float64)
             order = np.argsort(-vals, kind="mergesort")
             rem = 0.0
-            for t in range(p1 - p0):
+            for t in range(length):
                 rem += vals[t]
             nt = 0
-            done = 0
-            # 1. prefix: columns of row i in decreasing weight while a new partner could still reach m_min
-            for t in range(p1 - p0):
-                if rem < m_min - slack:
-                    break
-                p = p0 + order[t]
-                j = a_idx[p]
+            t = 0
+            # 1. columns of row i by decreasing weight; new partners while one could still reach m_min
+            while t < length and rem >= m_min - slack:
+                j = a_idx[p0 + order[t]]
                 a = vals[order[t]]
-                q0 = c_ptr[j]
-                q1 = c_ptr[j + 1]
-                # partners k > i only: binary search in the sorted column
-                lo = q0
-                hi = q1
-                while lo < hi:
+                lo = c_ptr[j]
+                hi = c_ptr[j + 1]
+                while lo < hi:  # first entry of the sorted column with row > i
                     mid = (lo + hi) >> 1
                     if c_idx[mid] <= i:
                         lo = mid + 1
                     else:
                         hi = mid
-                for q in range(lo, q1):
+                for q in range(lo, c_ptr[j + 1]):
                     k = c_idx[q]
-                    if not seen[k]:
-                        seen[k] = True
+                    if not live[k]:
+                        live[k] = True
                         touched[nt] = k
                         nt += 1
                     b = c_val[q]
                     acc[k] += a if a < b else b
                 rem -= a
-                done += 1
-            complete = done == p1 - p0
-            if not complete:
+                t += 1
+            # 2. the rest of the walk only updates partners already met; now and then drop those that
+            #    cannot reach m_min any more, and merge rows instead once few are left
+            verify = False
+            if t < length:
+                rest = 0  # entries of the columns still to walk (the cost of finishing the walk)
+                for u in range(t, length):
+                    j = a_idx[p0 + order[u]]
+                    rest += c_ptr[j + 1] - c_ptr[j]
+                rest //= 2  # about half of them are partners k > i
+                since = 0
+                next_check = 8
+                while t < length:
+                    if since >= next_check:
+                        since = 0
+                        next_check *= 2
+                        nl = 0
+                        for u in range(nt):
+                            k = touched[u]
+                            if acc[k] + rem >= m_min - slack:
+                                touched[nl] = k
+                                nl += 1
+                            else:
+                                live[k] = False
+                                acc[k] = 0.0
+                        nt = nl
+                        if nt * length <= rest:  # cheaper to merge the survivors' rows than to walk on
+                            verify = True
+                            break
+                    j = a_idx[p0 + order[t]]
+                    a = vals[order[t]]
+                    lo = c_ptr[j]
+                    hi = c_ptr[j + 1]
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if c_idx[mid] <= i:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    for q in range(lo, c_ptr[j + 1]):
+                        k = c_idx[q]
+                        if live[k]:
+                            b = c_val[q]
+                            acc[k] += a if a < b else b
+                    rest -= (c_ptr[j + 1] - c_ptr[j]) // 2
+                    rem -= a
+                    t += 1
+                    since += 1
+            if verify:
                 for p in range(p0, p1):
                     dense[a_idx[p]] = a_val[p]
-            start = pos
-            srt = np.sort(touched[:nt])
-            for t in range(nt):
-                k = srt[t]
-                m = acc[k]
-                acc[k] = 0.0
-                seen[k] = False
-                if not complete:
-                    # columns of row i not in the prefix add at most rem: skip when even that cannot reach m_min
-                    if m + rem < m_min - slack:
-                        continue
+                for u in range(nt):
+                    k = touched[u]
                     m = 0.0
                     for q in range(a_ptr[k], a_ptr[k + 1]):
                         av = dense[a_idx[q]]
                         if av > 0.0:
-                            bv = a_val[q]
+                            bv = np.float64(a_val[q])
                             m += av if av < bv else bv
+                    acc[k] = m
+                for p in range(p0, p1):
+                    dense[a_idx[p]] = 0.0
+            # 3. keep the partners within the cut-off, emit them in column order
+            if nt * 16 > n:  # (no cut-off: most partners stay) scan instead of sorting
+                nl = 0
+                for k in range(i + 1, n):
+                    if live[k]:
+                        touched[nl] = k
+                        nl += 1
+                nt = nl
+            nl = 0
+            for u in range(nt):
+                k = touched[u]
+                m = acc[k]
+                acc[k] = 0.0
+                live[k] = False
+                if m < m_min - slack:
+                    continue
                 d = 1.0 - m / (2.0 - m)
                 if d < 0.0:
                     d = 0.0
@@ -232,20 +282,25 @@ def pair_once_kernel():
                     d = 1.0
                 if d > max_dist:
                     continue
-                if pos == cap:
-                    cap *= 2
-                    nc = np.empty(cap, dtype=np.int64)
-                    nv = np.empty(cap, dtype=np.float32)
-                    nc[:pos] = out_cols[:pos]
-                    nv[:pos] = out_vals[:pos]
-                    out_cols = nc
-                    out_vals = nv
+                touched[nl] = k
+                dense[k] = d  # (dense is all zero again here; borrowed as the value by column)
+                nl += 1
+            srt = np.sort(touched[:nl])
+            start = pos
+            if pos + nl > cap:
+                cap = max(2 * cap, pos + nl)
+                nc = np.empty(cap, dtype=np.int64)
+                nv = np.empty(cap, dtype=np.float32)
+                nc[:pos] = out_cols[:pos]
+                nv[:pos] = out_vals[:pos]
+                out_cols = nc
+                out_vals = nv
+            for u in range(nl):
+                k = srt[u]
                 out_cols[pos] = k
-                out_vals[pos] = d
+                out_vals[pos] = dense[k]
+                dense[k] = 0.0
                 pos += 1
-            if not complete:
-                for p in range(p0, p1):
-                    dense[a_idx[p]] = 0.0
             counts[i - r0] = pos - start
         return counts, out_cols[:pos], out_vals[:pos]
 
