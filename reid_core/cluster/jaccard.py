@@ -273,9 +273,13 @@ def warm_up_kernel() -> bool:
     Returns False when numba is not installed (the numpy kernel needs no compiling)."""
     if _numba_kernel() is None:
         return False
+    from .bf16_knn import bf16_knn
+
     x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
     compute_jaccard_distance(x, k1=8, k2=3, backend="numba", max_distance=0.6)  # same argument types as a run
     compute_jaccard_distance(x, k1=8, k2=3, backend="numba")
+    compute_jaccard_distance(x, k1=8, k2=3, backend="pair-once", max_distance=0.6)
+    bf16_knn(normalize_features(x), 8, margin=4, block=16)  # its heap and re-scoring kernels
     return True
 
 
