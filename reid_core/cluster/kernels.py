@@ -56,63 +56,67 @@ def topk_update_kernel():
         return None
     import numba
 
-    @numba.njit(nogil=True, cache=True, inline="always")
-    def push(heap_k, heap_i, cnt, r, key, j):  # pragma: no cover - compiled
-        w = heap_k.shape[1]
-        c = cnt[r]
-        if c < w:
-            # sift up
-            pos = c
-            while pos > 0:
-                parent = (pos - 1) >> 1
-                if heap_k[r, parent] <= key:
-                    break
-                heap_k[r, pos] = heap_k[r, parent]
-                heap_i[r, pos] = heap_i[r, parent]
-                pos = parent
-            heap_k[r, pos] = key
-            heap_i[r, pos] = j
-            cnt[r] = c + 1
-        elif key > heap_k[r, 0]:
-            # replace the minimum, sift down
-            pos = 0
-            while True:
-                child = 2 * pos + 1
-                if child >= w:
-                    break
-                if child + 1 < w and heap_k[r, child + 1] < heap_k[r, child]:
-                    child += 1
-                if heap_k[r, child] >= key:
-                    break
-                heap_k[r, pos] = heap_k[r, child]
-                heap_i[r, pos] = heap_i[r, child]
-                pos = child
-            heap_k[r, pos] = key
-            heap_i[r, pos] = j
-
+    # (one function, the heap insertion written out in it: a jitted helper captured from this
+    # closure would make numba's on-disk cache miss, i.e. recompile in every process)
     @numba.njit(nogil=True, cache=True)
     def topk_update(s16, s, row_lo, row_hi, col_lo, col_hi, heap_k, heap_i, cnt):  # pragma: no cover
         ncol = s16.shape[1]
         b = s16.shape[0]
         w = heap_k.shape[1]
-        for r in range(row_lo, row_hi):
-            p = r - s
-            for col in range(ncol):
-                if col == p:
-                    continue
-                u = np.int32(s16[p, col]) & 0xFFFF
-                key = 0xFFFF - u if u & 0x8000 else u | 0x8000
-                if cnt[r] < w or key > heap_k[r, 0]:
-                    push(heap_k, heap_i, cnt, r, key, s + col)
         tile = 256
-        for t0 in range(col_lo, col_hi, tile):
-            t1 = min(t0 + tile, col_hi)
-            for p in range(b):
-                for r in range(t0, t1):
-                    u = np.int32(s16[p, r - s]) & 0xFFFF
+        # owners: rows of the block first (their row of s16), then the later rows (their column), tiled
+        n_row = max(0, row_hi - row_lo)
+        n_col_tiles = max(0, (col_hi - col_lo + tile - 1) // tile)
+        for unit in range(n_row + n_col_tiles):
+            if unit < n_row:
+                r_a = row_lo + unit
+                r_b = r_a + 1
+                p_a = 0
+                p_b = ncol
+            else:
+                r_a = col_lo + (unit - n_row) * tile
+                r_b = min(r_a + tile, col_hi)
+                p_a = 0
+                p_b = b
+            for p in range(p_a, p_b):
+                for r in range(r_a, r_b):
+                    if unit < n_row:  # row side: candidate column p of row r
+                        if p == r - s:
+                            continue
+                        u = np.int32(s16[r - s, p]) & 0xFFFF
+                        j = s + p
+                    else:  # column side: candidate block row p of row r
+                        u = np.int32(s16[p, r - s]) & 0xFFFF
+                        j = s + p
                     key = 0xFFFF - u if u & 0x8000 else u | 0x8000
-                    if cnt[r] < w or key > heap_k[r, 0]:
-                        push(heap_k, heap_i, cnt, r, key, s + p)
+                    c = cnt[r]
+                    if c < w:  # heap not full: sift up
+                        pos = c
+                        while pos > 0:
+                            parent = (pos - 1) >> 1
+                            if heap_k[r, parent] <= key:
+                                break
+                            heap_k[r, pos] = heap_k[r, parent]
+                            heap_i[r, pos] = heap_i[r, parent]
+                            pos = parent
+                        heap_k[r, pos] = key
+                        heap_i[r, pos] = j
+                        cnt[r] = c + 1
+                    elif key > heap_k[r, 0]:  # replace the minimum, sift down
+                        pos = 0
+                        while True:
+                            child = 2 * pos + 1
+                            if child >= w:
+                                break
+                            if child + 1 < w and heap_k[r, child + 1] < heap_k[r, child]:
+                                child += 1
+                            if heap_k[r, child] >= key:
+                                break
+                            heap_k[r, pos] = heap_k[r, child]
+                            heap_i[r, pos] = heap_i[r, child]
+                            pos = child
+                        heap_k[r, pos] = key
+                        heap_i[r, pos] = j
 
     _CACHE["topk_update"] = topk_update
     return topk_update
