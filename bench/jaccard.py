@@ -155,16 +155,15 @@ def run_case(n: int, dim: int, knn: str, max_distance: float | None, k1: int = 3
 
 def run_vs(impl: str, n: int, dim: int, data: str, k1: int = 30, k2: int = 6, max_distance: float = 0.6) -> dict:
     """One timing of ``--vs-reference`` in this (fresh) process: ``impl`` "ours" or "reference"."""
-    import numpy as np
-    import scipy.sparse  # noqa: F401  (imported before the clock, as torch is)
+    import scipy.sparse
     import torch
 
     from reid_core.device import cpu_model
 
     if impl == "reference":
         try:
-            import faiss  # noqa: F401
-            knn = "faiss IndexFlatL2"
+            import faiss
+            knn = f"faiss IndexFlatL2 ({faiss.__version__})"
         except ImportError:
             knn = "torch fp32"
         from jaccard_reference import reference_jaccard
@@ -191,7 +190,7 @@ def run_vs(impl: str, n: int, dim: int, data: str, k1: int = 30, k2: int = 6, ma
     rec.update({"seconds": round(t1 - t0, 3), "cpu_seconds": round(c1 - c0, 3), "peak_rss_mb": round(peak, 1),
                 "added_rss_mb": round(peak - baseline, 1), "pairs_within_cutoff": within,
                 "loadavg_1min_end": os.getloadavg()[0]})
-    del np
+    rec["preloaded"] = [m.__name__ for m in (scipy.sparse, torch)]  # imported before the clock started
     return rec
 
 

@@ -18,11 +18,9 @@ _CACHE: dict[str, object] = {}
 
 
 def numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:  # pragma: no cover - numba comes with pynndescent
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
 
 
 def bf16_key(bits: np.ndarray) -> np.ndarray:
