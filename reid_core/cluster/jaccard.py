@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .kernels import numba_available
+from .kernels import encoding_kernel, numba_available
 from .knn import KnnResult, knn_search, normalize_features, pair_similarities
 
 __all__ = [
@@ -116,8 +116,13 @@ def k_reciprocal_encoding(
     m2: int,
     k2: int,
     row_scale: np.ndarray | None = None,
+    backend: str = "auto",
+    n_threads: int | None = None,
 ) -> sp.csr_matrix:
     """Steps 1-4 of the module docstring: the query-expanded encoding ``V_qe`` (CSR, float32).
+
+    ``backend``: ``"numba"`` (steps 2-3 in one compiled pass per row), ``"numpy"`` (vectorised
+    key arrays), ``"auto"`` (numba when installed).
 
     ``knn`` must hold at least ``max(m1, m2, k2)`` neighbours per row; ``features`` are the
     L2-normalised rows (used for distances to expansion members outside the k-NN lists).
@@ -133,6 +138,13 @@ def k_reciprocal_encoding(
     # 1. reciprocal sets at both levels
     p1, r1 = reciprocal_sets(idx, m1)
     p2, r2 = reciprocal_sets(idx, m2)
+    kernel = encoding_kernel() if backend in ("auto", "numba") else None
+    if backend == "numba" and kernel is None:
+        raise ImportError("backend='numba' needs the numba package")
+    if kernel is not None:
+        # 2.-3. one compiled pass per row (row blocks in threads)
+        v = _encoding_numba(kernel, idx, dist, features, p1, r1, p2, r2, row_scale, n_threads)
+        return _query_expand(v, idx, k2)
     pi = np.repeat(np.arange(n, dtype=np.int64), np.diff(p1))  # pairs (i, c), c in R(i, m1)
     pc = r1
     keys1 = np.sort(pi * n + pc)
@@ -168,7 +180,34 @@ def k_reciprocal_encoding(
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(erows, minlength=n), out=indptr[1:])
     v = sp.csr_matrix((w, ecols, indptr), shape=(n, n))
-    # 4. query expansion
+    return _query_expand(v, idx, k2)
+
+
+def _encoding_numba(kernel, idx, dist, features, p1, r1, p2, r2, row_scale, n_threads):
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = idx.shape[0]
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    has_scale = row_scale is not None
+    scale = np.asarray(row_scale, dtype=np.float64) if has_scale else np.ones(1)
+    n_threads = n_threads or max(1, min(os.cpu_count() or 1, 32))
+    edges = np.linspace(0, n, max(1, min(n, 4 * n_threads)) + 1).astype(np.int64)
+    ix = np.ascontiguousarray(idx, dtype=np.int64)
+    dd = np.ascontiguousarray(dist, dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        parts = list(pool.map(lambda b: kernel(edges[b], edges[b + 1], ix, dd, x, p1, r1, p2, r2, scale, has_scale),
+                              range(len(edges) - 1)))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.concatenate([p[0] for p in parts]), out=indptr[1:])
+    cols = np.concatenate([p[1] for p in parts])
+    w = np.concatenate([p[2] for p in parts])
+    return sp.csr_matrix((w, cols, indptr), shape=(n, n))
+
+
+def _query_expand(v: sp.csr_matrix, idx: np.ndarray, k2: int) -> sp.csr_matrix:
+    """Step 4: ``V_qe = A @ V / k2`` (mean over the k2 first neighbours), float32 CSR, sorted."""
+    n = v.shape[0]
     if k2 > 1:
         a_cols = np.ascontiguousarray(idx[:, :k2]).ravel()
         a_ptr = np.arange(0, n * k2 + 1, k2, dtype=np.int64)
@@ -552,7 +591,7 @@ def compute_jaccard_distance(
                                 search_option=search_option, progress=progress)
     elif knn_result.indices.shape != (n, knn_result.indices.shape[1]) or knn_result.indices.shape[1] < need:
         raise ValueError(f"knn_result must have shape (N={n}, >= {need}), got {knn_result.indices.shape}")
-    v = k_reciprocal_encoding(knn_result, x, m1, m2, kq)
+    v = k_reciprocal_encoding(knn_result, x, m1, m2, kq, backend="numpy" if backend == "numpy" else "auto")
     return jaccard_from_encoding(v, max_distance=max_distance, backend=backend, progress=progress)
 
 

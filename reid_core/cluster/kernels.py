@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pair_dots_kernel", "pair_once_kernel", "topk_update_kernel", "bf16_key", "key_to_float", "numba_available"]
+__all__ = ["encoding_kernel", "pair_dots_kernel", "pair_once_kernel", "topk_update_kernel", "bf16_key", "key_to_float", "numba_available"]
 
 _CACHE: dict[str, object] = {}
 
@@ -118,6 +118,97 @@ def topk_update_kernel():
 
     _CACHE["topk_update"] = topk_update
     return topk_update
+
+
+def encoding_kernel():
+    """``kernel(r0, r1, idx, dist, x, p1, r1s, p2, r2s, scale, has_scale)``: steps 2-3 of
+    :mod:`reid_core.cluster.jaccard` for rows ``[r0, r1)``: the expanded set ``E(i)`` (the
+    k-reciprocal set ``R(i, m1)`` (``p1``/``r1s``, CSR) plus every ``R(c, m2)`` (``p2``/``r2s``)
+    of a member ``c`` that shares more than 2/3 of itself with ``R(i, m1)``), in column order, and
+    the softmax weights of ``-d`` over it (``d`` from the k-NN table, else ``2 - 2 x_i . x_j`` in
+    fp32, clamped at 0; times ``scale[i]`` when ``has_scale``). Returns ``(counts, cols, weights)``."""
+    if "encoding" in _CACHE:
+        return _CACHE["encoding"]
+    if not numba_available():  # pragma: no cover
+        _CACHE["encoding"] = None
+        return None
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def encoding(r0, r1, idx, dist, x, p1, r1s, p2, r2s, scale, has_scale):  # pragma: no cover - compiled
+        n, width = idx.shape
+        dim = x.shape[1]
+        in_r1 = np.full(n, -1, dtype=np.int64)  # in_r1[j] == i: j in R(i, m1)
+        in_e = np.full(n, -1, dtype=np.int64)  # in_e[j] == i: j in E(i)
+        in_knn = np.full(n, -1, dtype=np.int64)  # in_knn[j] == i: j at position knn_pos[j] of row i's list
+        knn_pos = np.zeros(n, dtype=np.int64)
+        ebuf = np.empty(n, dtype=np.int64)
+        cap = max(1024, (r1 - r0) * 64)
+        out_cols = np.empty(cap, dtype=np.int64)
+        out_w = np.empty(cap, dtype=np.float64)
+        counts = np.zeros(r1 - r0, dtype=np.int64)
+        pos = 0
+        for i in range(r0, r1):
+            ne = 0
+            for q in range(p1[i], p1[i + 1]):
+                j = r1s[q]
+                in_r1[j] = i
+                if in_e[j] != i:
+                    in_e[j] = i
+                    ebuf[ne] = j
+                    ne += 1
+            for q in range(p1[i], p1[i + 1]):
+                c = r1s[q]
+                size = p2[c + 1] - p2[c]
+                overlap = 0
+                for t in range(p2[c], p2[c + 1]):
+                    if in_r1[r2s[t]] == i:
+                        overlap += 1
+                if 3 * overlap > 2 * size:
+                    for t in range(p2[c], p2[c + 1]):
+                        j = r2s[t]
+                        if in_e[j] != i:
+                            in_e[j] = i
+                            ebuf[ne] = j
+                            ne += 1
+            members = np.sort(ebuf[:ne])
+            for t in range(width):
+                in_knn[idx[i, t]] = i
+                knn_pos[idx[i, t]] = t
+            if pos + ne > cap:
+                cap = max(2 * cap, pos + ne)
+                nc = np.empty(cap, dtype=np.int64)
+                nw = np.empty(cap, dtype=np.float64)
+                nc[:pos] = out_cols[:pos]
+                nw[:pos] = out_w[:pos]
+                out_cols = nc
+                out_w = nw
+            total = 0.0
+            for t in range(ne):
+                j = members[t]
+                if in_knn[j] == i:
+                    d = np.float64(dist[i, knn_pos[j]])
+                else:
+                    acc = np.float32(0.0)
+                    for q in range(dim):
+                        acc += x[i, q] * x[j, q]
+                    d = 2.0 - 2.0 * np.float64(acc)
+                    if d < 0.0:
+                        d = 0.0
+                if has_scale:
+                    d *= scale[i]
+                w = np.exp(-d)
+                out_cols[pos + t] = j
+                out_w[pos + t] = w
+                total += w
+            for t in range(ne):
+                out_w[pos + t] /= total
+            pos += ne
+            counts[i - r0] = ne
+        return counts, out_cols[:pos], out_w[:pos]
+
+    _CACHE["encoding"] = encoding
+    return encoding
 
 
 def pair_dots_kernel():

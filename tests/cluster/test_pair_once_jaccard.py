@@ -113,3 +113,20 @@ def test_edge_cases():
         pair_once_jaccard(eye, max_distance=-1)
     with pytest.raises(ValueError, match="square"):
         pair_once_jaccard(sp.csr_matrix(np.ones((2, 3), dtype=np.float32)))
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+def test_compiled_encoding_equals_numpy_encoding(kind, scaled):
+    """The one-pass compiled encoding (steps 2-3) equals the vectorised numpy one, incl. expansion
+    members outside the k-NN lists (distances from the features) and re-ranking's row scale."""
+    if kind == "random":
+        x = normalize_features(np.random.default_rng(11).normal(size=(250, 24)).astype(np.float32))
+    else:
+        x = normalize_features(clustered(n_ids=12, per_id=20, dim=24, noise=0.4, seed=12)[0])
+    res = knn_search(x, 20, search_option={"prefilter": "none"})
+    scale = np.random.default_rng(13).uniform(0.5, 2.0, len(x)) if scaled else None
+    a = k_reciprocal_encoding(res, x, 20, 11, 6, row_scale=scale, backend="numba")
+    b = k_reciprocal_encoding(res, x, 20, 11, 6, row_scale=scale, backend="numpy")
+    _same(a, b)
+    assert np.allclose(np.asarray(a.sum(axis=1)).ravel(), 1.0, atol=1e-5)
