@@ -44,6 +44,10 @@ Only the k-neighbourhoods are ever non-zero, so every step works on index lists:
   features is ``O(N * k^2)`` but for unstructured ones (random vectors: about 80 % of all
   pairs at N = 12,936) approaches ``N^2``: pass ``max_distance`` (DBSCAN's ``eps``) to store only
   the pairs that can matter.
+* with ``max_distance`` (the clustering case) a third kernel, :func:`pair_once_jaccard`, visits
+  every unordered pair once and skips partners that cannot reach the cut-off (prefix bound on
+  row weights), then mirrors the result: same output, 3-4x less CPU on random data.
+* with numba, steps 2-3 run as one compiled pass per row (:func:`reid_core.cluster.kernels.encoding_kernel`).
 
 Output
 ------
