@@ -24,6 +24,18 @@ machine; ``cpu_seconds_*`` are less sensitive to that). Approximate backends als
     python bench/jaccard.py --backends           # k-NN backends (exact, faiss, IVF, HNSW) on random + clustered data
     python bench/jaccard.py --case 12936 2048 exact 0.6
     python bench/jaccard.py --case 100000 2048 faiss-ivf 0.6 clustered
+    python bench/jaccard.py --vs-reference                 # ours vs the Cluster-Contrast algorithm, random data
+    python bench/jaccard.py --vs-reference --vs-both-data  # ... on random and on clustered data
+    python bench/jaccard.py --vs-reference --n 2000 --repeat 3
+
+``--vs-reference`` times, side by side in one run, :func:`reid_core.cluster.jaccard.compute_jaccard_distance`
+(default options: exact k-NN, bf16 pre-filter where the CPU has it, eps cut-off ``--max-distance``)
+against ``bench/jaccard_reference.py`` (the reference algorithm with its dense matrices and faiss
+``IndexFlatL2``). Each timing runs in a fresh process and is that process's *first* call: imports
+of torch / numpy / scipy / faiss are done before the clock starts, but loading numba and its
+cached kernels is on the clock. Records (one JSON line each, ``"vs": "ours" | "reference"``, then
+one ``"vs": "speedup"`` line per data kind): wall and CPU seconds, peak RSS and RSS after imports,
+CPU model, threads, load average; ``speedup_wall`` / ``speedup_cpu`` are reference / ours.
 """
 from __future__ import annotations
 
@@ -37,6 +49,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/jaccard_reference.py
 
 DEFAULT_CASES = [
     (2000, 2048, "exact", None),
@@ -140,6 +153,84 @@ def run_case(n: int, dim: int, knn: str, max_distance: float | None, k1: int = 3
     return rec
 
 
+def run_vs(impl: str, n: int, dim: int, data: str, k1: int = 30, k2: int = 6, max_distance: float = 0.6) -> dict:
+    """One timing of ``--vs-reference`` in this (fresh) process: ``impl`` "ours" or "reference"."""
+    import scipy.sparse
+    import torch
+
+    from reid_core.device import cpu_model
+
+    if impl == "reference":
+        try:
+            import faiss
+            knn = f"faiss IndexFlatL2 ({faiss.__version__})"
+        except ImportError:
+            knn = "torch fp32"
+        from jaccard_reference import reference_jaccard
+    elif impl == "ours":
+        knn = "exact"
+        from reid_core.cluster.jaccard import compute_jaccard_distance
+    else:
+        raise ValueError(f"impl must be 'ours' or 'reference', got {impl!r}")
+    x = unit_vectors(n, dim, data)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rec = {"vs": impl, "n": n, "dim": dim, "data": data, "k1": k1, "k2": k2, "knn": knn,
+           "max_distance": max_distance if impl == "ours" else None, "cpu_model": cpu_model(),
+           "threads": torch.get_num_threads(), "loadavg_1min_start": os.getloadavg()[0],
+           "baseline_rss_mb": round(baseline, 1)}
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    if impl == "ours":
+        dist = compute_jaccard_distance(x, k1=k1, k2=k2, max_distance=max_distance)
+        within = int(dist.nnz)
+    else:
+        dist = reference_jaccard(x, k1=k1, k2=k2)
+        within = int((dist <= max_distance).sum())
+    t1, c1 = time.perf_counter(), _cpu_seconds()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rec.update({"seconds": round(t1 - t0, 3), "cpu_seconds": round(c1 - c0, 3), "peak_rss_mb": round(peak, 1),
+                "added_rss_mb": round(peak - baseline, 1), "pairs_within_cutoff": within,
+                "loadavg_1min_end": os.getloadavg()[0]})
+    rec["preloaded"] = [m.__name__ for m in (scipy.sparse, torch)]  # imported before the clock started
+    return rec
+
+
+def vs_reference(n: int, dim: int, datas: list[str], repeat: int, timeout: float, max_distance: float) -> int:
+    """``--vs-reference``: each implementation in fresh processes, interleaved, JSON lines out."""
+    status = 0
+    for data in datas:
+        got: dict[str, list[dict]] = {"ours": [], "reference": []}
+        for _ in range(repeat):
+            for impl in ("ours", "reference"):
+                cmd = [sys.executable, __file__, "--vs-one", impl, "--n", str(n), "--dim", str(dim), "--data", data,
+                       "--max-distance", str(max_distance)]
+                try:
+                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    print(json.dumps({"vs": impl, "n": n, "data": data, "error": f"timeout {timeout}s"}), flush=True)
+                    status = 1
+                    continue
+                if out.returncode != 0:
+                    print(json.dumps({"vs": impl, "n": n, "data": data,
+                                      "error": out.stderr.strip().splitlines()[-1:]}), flush=True)
+                    status = 1
+                    continue
+                line = out.stdout.strip().splitlines()[-1]
+                print(line, flush=True)
+                got[impl].append(json.loads(line))
+        if got["ours"] and got["reference"]:
+            best = {k: min(v, key=lambda r: r["seconds"]) for k, v in got.items()}
+            print(json.dumps({
+                "vs": "speedup", "n": n, "dim": dim, "data": data, "cpu_model": best["ours"]["cpu_model"],
+                "runs": repeat, "ours_seconds": best["ours"]["seconds"], "reference_seconds": best["reference"]["seconds"],
+                "ours_cpu_seconds": best["ours"]["cpu_seconds"],
+                "reference_cpu_seconds": best["reference"]["cpu_seconds"],
+                "speedup_wall": round(best["reference"]["seconds"] / best["ours"]["seconds"], 2),
+                "speedup_cpu": round(best["reference"]["cpu_seconds"] / best["ours"]["cpu_seconds"], 2),
+                "ours_added_rss_mb": best["ours"]["added_rss_mb"],
+                "reference_added_rss_mb": best["reference"]["added_rss_mb"]}), flush=True)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", nargs="+", metavar="FIELD",
@@ -149,7 +240,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", action="store_true",
                     help="k-NN backends (exact, faiss, faiss-ivf, faiss-hnsw) on random and clustered data")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per case")
+    ap.add_argument("--vs-reference", action="store_true",
+                    help="time ours against the reference algorithm (bench/jaccard_reference.py), fresh processes")
+    ap.add_argument("--vs-both-data", action="store_true", help="with --vs-reference: random and clustered data")
+    ap.add_argument("--vs-one", choices=("ours", "reference"), help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=12936, help="rows for --vs-reference (default 12,936)")
+    ap.add_argument("--dim", type=int, default=2048, help="dimension for --vs-reference (default 2048)")
+    ap.add_argument("--data", choices=DATA_KINDS, default="random", help="data of --vs-reference without --vs-both-data")
+    ap.add_argument("--max-distance", type=float, default=0.6, help="our cut-off for --vs-reference (DBSCAN eps)")
+    ap.add_argument("--repeat", type=int, default=1, help="fresh-process runs per implementation (--vs-reference)")
     args = ap.parse_args(argv)
+    if args.vs_one:
+        print(json.dumps(run_vs(args.vs_one, args.n, args.dim, args.data, max_distance=args.max_distance)), flush=True)
+        return 0
+    if args.vs_reference:
+        datas = list(DATA_KINDS) if args.vs_both_data else [args.data]
+        return vs_reference(args.n, args.dim, datas, args.repeat, args.timeout, args.max_distance)
     if args.case:
         if len(args.case) not in (4, 5):
             ap.error("--case takes N DIM KNN MAX_DISTANCE [DATA]")

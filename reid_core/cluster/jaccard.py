@@ -44,6 +44,10 @@ Only the k-neighbourhoods are ever non-zero, so every step works on index lists:
   features is ``O(N * k^2)`` but for unstructured ones (random vectors: about 80 % of all
   pairs at N = 12,936) approaches ``N^2``: pass ``max_distance`` (DBSCAN's ``eps``) to store only
   the pairs that can matter.
+* with ``max_distance`` (the clustering case) a third kernel, :func:`pair_once_jaccard`, visits
+  every unordered pair once and skips partners that cannot reach the cut-off (prefix bound on
+  row weights), then mirrors the result: same output, 3-4x less CPU on random data.
+* with numba, steps 2-3 run as one compiled pass per row (:func:`reid_core.cluster.kernels.encoding_kernel`).
 
 Output
 ------
@@ -61,6 +65,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .kernels import encoding_kernel, numba_available
 from .knn import KnnResult, knn_search, normalize_features, pair_similarities
 
 __all__ = [
@@ -69,6 +74,9 @@ __all__ = [
     "jaccard_from_encoding",
     "reciprocal_sets",
     "sparse_distance_to_dense",
+    "pair_once_jaccard",
+    "cutoff_overlap",
+    "JACCARD_BACKENDS",
 ]
 
 
@@ -112,8 +120,13 @@ def k_reciprocal_encoding(
     m2: int,
     k2: int,
     row_scale: np.ndarray | None = None,
+    backend: str = "auto",
+    n_threads: int | None = None,
 ) -> sp.csr_matrix:
     """Steps 1-4 of the module docstring: the query-expanded encoding ``V_qe`` (CSR, float32).
+
+    ``backend``: ``"numba"`` (steps 2-3 in one compiled pass per row), ``"numpy"`` (vectorised
+    key arrays), ``"auto"`` (numba when installed).
 
     ``knn`` must hold at least ``max(m1, m2, k2)`` neighbours per row; ``features`` are the
     L2-normalised rows (used for distances to expansion members outside the k-NN lists).
@@ -129,6 +142,13 @@ def k_reciprocal_encoding(
     # 1. reciprocal sets at both levels
     p1, r1 = reciprocal_sets(idx, m1)
     p2, r2 = reciprocal_sets(idx, m2)
+    kernel = encoding_kernel() if backend in ("auto", "numba") else None
+    if backend == "numba" and kernel is None:
+        raise ImportError("backend='numba' needs the numba package")
+    if kernel is not None:
+        # 2.-3. one compiled pass per row (row blocks in threads)
+        v = _encoding_numba(kernel, idx, dist, features, p1, r1, p2, r2, row_scale, n_threads)
+        return _query_expand(v, idx, k2)
     pi = np.repeat(np.arange(n, dtype=np.int64), np.diff(p1))  # pairs (i, c), c in R(i, m1)
     pc = r1
     keys1 = np.sort(pi * n + pc)
@@ -164,7 +184,34 @@ def k_reciprocal_encoding(
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(erows, minlength=n), out=indptr[1:])
     v = sp.csr_matrix((w, ecols, indptr), shape=(n, n))
-    # 4. query expansion
+    return _query_expand(v, idx, k2)
+
+
+def _encoding_numba(kernel, idx, dist, features, p1, r1, p2, r2, row_scale, n_threads):
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = idx.shape[0]
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    has_scale = row_scale is not None
+    scale = np.asarray(row_scale, dtype=np.float64) if has_scale else np.ones(1)
+    n_threads = n_threads or max(1, min(os.cpu_count() or 1, 32))
+    edges = np.linspace(0, n, max(1, min(n, 4 * n_threads)) + 1).astype(np.int64)
+    ix = np.ascontiguousarray(idx, dtype=np.int64)
+    dd = np.ascontiguousarray(dist, dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        parts = list(pool.map(lambda b: kernel(edges[b], edges[b + 1], ix, dd, x, p1, r1, p2, r2, scale, has_scale),
+                              range(len(edges) - 1)))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.concatenate([p[0] for p in parts]), out=indptr[1:])
+    cols = np.concatenate([p[1] for p in parts])
+    w = np.concatenate([p[2] for p in parts])
+    return sp.csr_matrix((w, cols, indptr), shape=(n, n))
+
+
+def _query_expand(v: sp.csr_matrix, idx: np.ndarray, k2: int) -> sp.csr_matrix:
+    """Step 4: ``V_qe = A @ V / k2`` (mean over the k2 first neighbours), float32 CSR, sorted."""
+    n = v.shape[0]
     if k2 > 1:
         a_cols = np.ascontiguousarray(idx[:, :k2]).ravel()
         a_ptr = np.arange(0, n * k2 + 1, k2, dtype=np.int64)
@@ -174,6 +221,9 @@ def k_reciprocal_encoding(
     v.sort_indices()
     return sp.csr_matrix((v.data.astype(np.float32), v.indices, v.indptr), shape=(n, n))
 
+
+#: kernels of :func:`jaccard_from_encoding`
+JACCARD_BACKENDS = ("auto", "pair-once", "numba", "numpy")
 
 # ----------------------------------------------------------------------------- compiled kernel
 _NUMBA_KERNEL = None
@@ -266,9 +316,13 @@ def warm_up_kernel() -> bool:
     Returns False when numba is not installed (the numpy kernel needs no compiling)."""
     if _numba_kernel() is None:
         return False
+    from .bf16_knn import bf16_knn
+
     x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
     compute_jaccard_distance(x, k1=8, k2=3, backend="numba", max_distance=0.6)  # same argument types as a run
     compute_jaccard_distance(x, k1=8, k2=3, backend="numba")
+    compute_jaccard_distance(x, k1=8, k2=3, backend="pair-once", max_distance=0.6)
+    bf16_knn(normalize_features(x), 8, margin=4, block=16)  # its heap and re-scoring kernels
     return True
 
 
@@ -300,6 +354,97 @@ def _jaccard_numba(kernel, va, csc, nb, max_dist, square, progress, n_threads):
     return counts, cols, vals
 
 
+def cutoff_overlap(max_distance: float | None) -> float:
+    """The smallest ``m = sum_j min`` whose distance ``1 - m / (2 - m)`` is ``<= max_distance``:
+    ``2 (1 - eps) / (2 - eps)`` (the distance falls as ``m`` grows); 0 when every pair qualifies."""
+    if max_distance is None or max_distance >= 1.0:
+        return 0.0
+    eps = float(max_distance)
+    return 2.0 * (1.0 - eps) / (2.0 - eps)
+
+
+def pair_once_jaccard(va: sp.csr_matrix, max_distance: float | None = None, n_threads: int | None = None,
+                      progress: bool = False) -> sp.csr_matrix:
+    """The square Jaccard of :func:`jaccard_from_encoding` (``vb = va``), each unordered pair once.
+
+    Row ``i`` only looks for partners ``k > i`` (the columns of the inverted index are sorted, so
+    a binary search skips the rest) and the result is mirrored. With a cut-off, ``m(i, k)`` must
+    reach ``m_min`` (:func:`cutoff_overlap`); since ``m(i, k) <= sum`` of row ``i``'s weights on
+    the columns the two rows share, row ``i`` walks its columns in decreasing weight and stops
+    taking *new* partners once the weight left, ``rem``, is below ``m_min`` (a partner sharing
+    none of the columns walked has ``m <= rem``). A partner met in that prefix with
+    ``partial + rem < m_min`` is dropped; the others get their exact ``m`` by a merge of the two
+    rows. Same stored pairs and values as the full kernel (up to float64 summation order).
+    Needs numba.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    from .kernels import pair_once_kernel
+
+    kernel = pair_once_kernel()
+    if kernel is None:
+        raise ImportError("the pair-once Jaccard needs the numba package")
+    va = sp.csr_matrix(va)
+    n = va.shape[0]
+    if va.shape[1] != n:
+        raise ValueError(f"the pair-once Jaccard needs a square encoding (N x N), got {va.shape}")
+    va.sort_indices()
+    max_dist = np.inf if max_distance is None else float(max_distance)
+    if not max_dist >= 0:
+        raise ValueError(f"max_distance must be >= 0 or None, got {max_distance}")
+    m_min = cutoff_overlap(max_distance)
+    csc = sp.csc_matrix(va)
+    csc.sort_indices()
+    n_threads = n_threads or max(1, min(os.cpu_count() or 1, 32))
+    # rows early in the order do more work (more partners k > i): many small blocks balance it
+    n_blocks = max(1, min(n, 16 * n_threads))
+    edges = np.linspace(0, n, n_blocks + 1).astype(np.int64)
+    a_ptr = va.indptr.astype(np.int64)
+    a_idx = va.indices.astype(np.int64)
+    a_val = va.data.astype(np.float32)
+    c_ptr = csc.indptr.astype(np.int64)
+    c_idx = csc.indices.astype(np.int64)
+    c_val = csc.data.astype(np.float32)
+
+    def run(b):
+        return kernel(edges[b], edges[b + 1], a_ptr, a_idx, a_val, c_ptr, c_idx, c_val, n, m_min, max_dist)
+
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        parts = list(tqdm(pool.map(run, range(n_blocks)), total=n_blocks, desc="jaccard", disable=not progress,
+                          leave=False))
+    counts = np.concatenate([p[0] for p in parts])
+    up_cols = np.concatenate([p[1] for p in parts])
+    up_vals = np.concatenate([p[2] for p in parts])
+    up_rows = np.repeat(np.arange(n, dtype=np.int64), counts)
+    # mirror: row r = [(i, r) for i < r, ascending i] + [diagonal 0] + [(r, k) for k > r, ascending k]
+    low = np.argsort(up_cols, kind="stable")  # stable: for each column, rows stay ascending
+    low_counts = np.bincount(up_cols, minlength=n)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(low_counts + 1 + counts, out=indptr[1:])
+    nnz = int(indptr[-1])
+    cols = np.empty(nnz, dtype=np.int64)
+    vals = np.empty(nnz, dtype=np.float32)
+    low_start = indptr[:-1]
+    diag = low_start + low_counts
+    # lower part: entries sorted by (column, row); their target row is the column
+    lr = up_cols[low]
+    lpos = low_start[lr] + (np.arange(len(low)) - np.repeat(np.cumsum(low_counts) - low_counts, low_counts))
+    cols[lpos] = up_rows[low]
+    vals[lpos] = up_vals[low]
+    cols[diag] = np.arange(n)
+    vals[diag] = 0.0
+    upos = np.repeat(diag + 1, counts) + (np.arange(len(up_cols)) - np.repeat(np.cumsum(counts) - counts, counts))
+    cols[upos] = up_cols
+    vals[upos] = up_vals
+    idx_dtype = np.int32 if max(n, nnz) < 2**31 else np.int64
+    out = sp.csr_matrix((vals, cols.astype(idx_dtype), indptr.astype(idx_dtype)), shape=(n, n))
+    out.has_sorted_indices = True
+    return out
+
+
 def jaccard_from_encoding(
     va: sp.csr_matrix,
     vb: sp.csr_matrix | None = None,
@@ -318,17 +463,23 @@ def jaccard_from_encoding(
     ``max_distance``: keep only pairs with ``J <= max_distance`` (others read as 1, i.e. are
     dropped; the diagonal is always kept). ``None`` keeps every overlapping pair. For DBSCAN
     with ``eps <= max_distance`` the result is the same and memory is far smaller.
-    ``backend``: ``"numba"`` (compiled inverted-index loop, row blocks in ``n_threads``
-    threads), ``"numpy"`` (vectorised blocks; ``work_budget`` bounds the expanded pairs handled
-    at once, ``acc_budget`` the block accumulator ``rows_in_block * nb``), or ``"auto"``
-    (numba when importable).
+    ``backend``: ``"pair-once"`` (square case only: every unordered pair once, partners that
+    cannot reach the cut-off skipped, :func:`pair_once_jaccard`), ``"numba"`` (compiled
+    inverted-index loop over all ordered pairs, row blocks in ``n_threads`` threads),
+    ``"numpy"`` (vectorised blocks; ``work_budget`` bounds the expanded pairs handled at once,
+    ``acc_budget`` the block accumulator ``rows_in_block * nb``), or ``"auto"`` (pair-once for
+    the square case with a ``max_distance``, else numba when importable, else numpy).
     """
-    if backend not in ("auto", "numba", "numpy"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
+    if backend not in JACCARD_BACKENDS:
+        raise ValueError(f"backend must be one of {JACCARD_BACKENDS}, got {backend!r}")
     max_dist = np.inf if max_distance is None else float(max_distance)
     if not max_dist >= 0:
         raise ValueError(f"max_distance must be >= 0 or None, got {max_distance}")
     square = vb is None
+    if backend == "pair-once" or (backend == "auto" and square and max_distance is not None and numba_available()):
+        if not square:
+            raise ValueError("backend='pair-once' computes the square case only (vb=None)")
+        return pair_once_jaccard(va, max_distance=max_distance, n_threads=n_threads, progress=progress)
     vb = va if vb is None else vb
     va = sp.csr_matrix(va)
     na, nb = va.shape[0], vb.shape[0]
@@ -444,7 +595,7 @@ def compute_jaccard_distance(
                                 search_option=search_option, progress=progress)
     elif knn_result.indices.shape != (n, knn_result.indices.shape[1]) or knn_result.indices.shape[1] < need:
         raise ValueError(f"knn_result must have shape (N={n}, >= {need}), got {knn_result.indices.shape}")
-    v = k_reciprocal_encoding(knn_result, x, m1, m2, kq)
+    v = k_reciprocal_encoding(knn_result, x, m1, m2, kq, backend="numpy" if backend == "numpy" else "auto")
     return jaccard_from_encoding(v, max_distance=max_distance, backend=backend, progress=progress)
 
 

@@ -20,6 +20,11 @@ Backends
     block is multiplied with the rows from its own start to the end, the block's own rows take
     their top-k from it, and the transposed part updates the running top-k of the later rows.
     Memory: ``O(N * k + chunk_size * N)``.
+    On CPUs with native bf16 products (AVX512-BF16, AMX) and from 4,096 rows on, the same
+    neighbours are found faster by a bf16 pre-filter with exact fp32 re-scoring and a proven
+    error bound (:mod:`reid_core.cluster.bf16_knn`); ``search_option={"prefilter": "none"}``
+    selects the plain fp32 search, ``"bf16"`` forces the pre-filter (``"auto"`` is the default);
+    ``margin`` (48) and ``block`` (1024) tune it.
 ``"faiss"``
     Exact search with faiss ``IndexFlatIP`` (inner product = cosine on normalised rows). Same
     neighbours as ``"exact"`` up to fp32 rounding of near-ties; faster on many cores, and on a GPU
@@ -54,6 +59,8 @@ import numpy as np
 import torch
 
 from reid_core.device import pick_device
+
+from .bf16_knn import PREFILTER_OPTIONS, bf16_knn, resolve_prefilter
 
 __all__ = ["KnnResult", "knn_search", "knn_recall", "sampled_recall", "exact_neighbours_of", "normalize_features",
            "pair_similarities", "faiss_gpu_available", "KNN_METHODS", "APPROXIMATE_METHODS"]
@@ -318,7 +325,8 @@ def knn_search(
     ``search_option``: options of the backend: for ``"pynndescent"`` keyword arguments of
     ``pynndescent.NNDescent`` (e.g. ``{"n_neighbors": 60, "n_jobs": 2}``); for ``"faiss-ivf"``
     ``nlist`` / ``nprobe``; for ``"faiss-hnsw"`` ``M`` / ``ef_construction`` / ``ef_search``;
-    for every faiss backend ``batch_rows`` (query rows per search call). ``return_row_max``
+    for every faiss backend ``batch_rows`` (query rows per search call); for ``"exact"``
+    ``prefilter`` ("auto", "bf16", "none"), ``margin``, ``block``. ``return_row_max``
     (exact only, needed by re-ranking) also returns every row's largest distance.
     """
     if method not in KNN_METHODS:
@@ -332,7 +340,16 @@ def knn_search(
     k = min(int(k), n)
     row_max = None
     if method == "exact":
-        sim, idx, row_max = _exact_knn(x, k, int(chunk_size), pick_device(device), return_row_max, progress)
+        dev = pick_device(device)
+        opts = dict(search_option or {})
+        unknown = sorted(set(opts) - set(PREFILTER_OPTIONS))
+        if unknown:
+            raise ValueError(f"search_option {unknown} are not options of knn='exact' (it takes {PREFILTER_OPTIONS})")
+        if resolve_prefilter(opts.get("prefilter", "auto"), n, dev, return_row_max):
+            sim, idx, _ = bf16_knn(x, k, margin=int(opts.get("margin", 48)), block=int(opts.get("block", 1024)),
+                                   progress=progress)
+        else:
+            sim, idx, row_max = _exact_knn(x, k, int(chunk_size), dev, return_row_max, progress)
     else:
         if return_row_max:
             raise ValueError("return_row_max needs the exact backend (it is a maximum over all samples)")

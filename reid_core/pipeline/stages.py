@@ -275,8 +275,10 @@ def compute_pseudo_labels(feats: np.ndarray, camids: np.ndarray | None, cfg: Run
                            "knn='faiss' (exact).")
                 log.warning(message)
                 warnings.warn(message, LowKnnRecallWarning, stacklevel=2)
+    # the exact backend takes its options (bf16 pre-filter: prefilter / margin / block) here
+    search_option = dict(cfg.knn_options) or None
     dist = compute_jaccard_distance(x, k1=k1, k2=cfg.k2, knn=cfg.knn, max_distance=cutoff, progress=progress,
-                                    knn_result=knn_result)
+                                    knn_result=knn_result, search_option=search_option)
     if cfg.eps_rho:
         eps = eps_from_density(dist, cfg.eps_rho, eps_max=EPS_RHO_MAX)
     labels = cluster_features(dist, method=cfg.cluster_method, eps=eps, min_samples=cfg.min_samples,
@@ -287,7 +289,7 @@ def compute_pseudo_labels(feats: np.ndarray, camids: np.ndarray | None, cfg: Run
         if new_k1 != k1:
             k1 = new_k1
             dist = compute_jaccard_distance(x, k1=k1, k2=min(cfg.k2, k1), knn=cfg.knn, max_distance=cutoff,
-                                            progress=progress, knn_result=knn_result)
+                                            progress=progress, knn_result=knn_result, search_option=search_option)
             if cfg.eps_rho:
                 eps = eps_from_density(dist, cfg.eps_rho, eps_max=EPS_RHO_MAX)
             labels = cluster_features(dist, method=cfg.cluster_method, eps=eps, min_samples=cfg.min_samples,
