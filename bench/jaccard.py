@@ -105,7 +105,7 @@ def run_case(n: int, dim: int, knn: str, max_distance: float | None, k1: int = 3
     from reid_core.device import cpu_model
 
     from reid_core.cluster.jaccard import _numba_kernel, jaccard_from_encoding, k_reciprocal_encoding
-    from reid_core.cluster.knn import knn_search, normalize_features
+    from reid_core.cluster.knn import knn_search
 
     import scipy.sparse as sp
 
