@@ -456,7 +456,10 @@ def deployment_kill_point(point: str, mode: str, kill: str, work: Path, data: Pa
     return rec
 
 
-def _deployment_harness(args: argparse.Namespace) -> int:
+def _prepare_reference(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any] | None, float]:
+    """The work folder, the synthetic data and the uninterrupted reference run of both harnesses
+    (``REID_FAULT_KILL_AT_WRITE=0`` counts the writes, kills nothing); prints the reference's JSON
+    line, or an error line and ``None`` when it failed. Returns ``(work, data, reference, seconds)``."""
     from reid_core.data.synthetic import generate_synthetic
 
     work = Path(args.work).resolve()
@@ -468,11 +471,19 @@ def _deployment_harness(args: argparse.Namespace) -> int:
     shutil.rmtree(ref_dir, ignore_errors=True)
     t0 = time.perf_counter()
     rc, reference, err = run_child(ref_dir, data, args.rounds, _env(REID_FAULT_KILL_AT_WRITE="0"))
+    ref_seconds = time.perf_counter() - t0
     if rc != 0 or reference is None:
         print(json.dumps({"error": f"reference run failed (exit {rc})", "stderr": err[-2000:]}))
-        return 1
+        return work, data, None, ref_seconds
     print(json.dumps({"reference": reference["metrics"], "writes": reference["writes"],
-                      "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+                      "seconds": round(ref_seconds, 1)}), flush=True)
+    return work, data, reference, ref_seconds
+
+
+def _deployment_harness(args: argparse.Namespace) -> int:
+    work, data, reference, _ = _prepare_reference(args)
+    if reference is None:
+        return 1
     rng = random.Random(args.seed)
     modes = [m for m in args.modes.split(",") if m]
     points = [f"write:{modes[i % len(modes)]}:{rng.randint(1, max(1, reference['writes'] - 2))}"
@@ -528,24 +539,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _harness(args: argparse.Namespace) -> int:
-    from reid_core.data.synthetic import generate_synthetic
-
-    work = Path(args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    data = work / "synth"
-    if not (data / "bounding_box_train").is_dir():
-        generate_synthetic(data, n_ids=12, n_cams=2, images_per_id_cam=3, seed=2)
-    # the uninterrupted reference (REID_FAULT_KILL_AT_WRITE=0 counts the writes, kills nothing)
-    ref_dir = work / "runs" / "reference"
-    shutil.rmtree(ref_dir, ignore_errors=True)
-    t0 = time.perf_counter()
-    rc, reference, err = run_child(ref_dir, data, args.rounds, _env(REID_FAULT_KILL_AT_WRITE="0"))
-    ref_seconds = time.perf_counter() - t0
-    if rc != 0 or reference is None:
-        print(json.dumps({"error": f"reference run failed (exit {rc})", "stderr": err[-2000:]}))
+    work, data, reference, ref_seconds = _prepare_reference(args)
+    if reference is None:
         return 1
-    print(json.dumps({"reference": reference["metrics"], "writes": reference["writes"],
-                      "seconds": round(ref_seconds, 1)}), flush=True)
     chains = draw_points(reference["writes"], args.points, args.timer_points, ref_seconds, args.seed,
                          tuple(m for m in args.modes.split(",") if m), chain=args.chain)
     summary: dict[str, dict[str, int]] = {}
