@@ -63,9 +63,12 @@ LARGE_CASES = [
 #: --backends: every k-NN backend on random and clustered unit vectors (5th field: the data)
 BACKEND_CASES = [(n, dim, knn, 0.6, data) for data in ("random", "clustered") for n, dim in ((12936, 2048),)
                  for knn in ("exact", "faiss", "faiss-ivf", "faiss-hnsw")]
-#: --backends --large: 100,000 x 2048 with faiss, 1,000,000 x 256 approximate (long: hours of CPU on 2 cores)
-BACKEND_LARGE_CASES = [(100000, 2048, knn, 0.6, "clustered") for knn in ("faiss-ivf", "faiss-hnsw")] + \
-    [(1000000, 256, "faiss-ivf", 0.6, "clustered")]
+#: --backends --large: the issue-13 scale cases on clustered data (measured in docs/RUNNING_ON_A_CLUSTER.md):
+#: 100,000 x 2048 with exact (bf16 pre-filter), faiss flat and faiss IVF (default nprobe, then nprobe 25%),
+#: and 1,000,000 x 256 with IVF at nprobe 32 (memory is the goal there). About 30 minutes on 2 idle cores.
+BACKEND_LARGE_CASES = [(100000, 2048, knn, 0.6, "clustered", opts) for knn, opts in (
+    ("exact", None), ("faiss", None), ("faiss-ivf", None), ("faiss-ivf", {"nprobe": 316, "train_niter": 10}))] + \
+    [(1000000, 256, "faiss-ivf", 0.6, "clustered", {"nprobe": 32, "train_points_per_list": 64})]
 DATA_KINDS = ("random", "clustered")
 CLUSTER_SIZE = 20
 CLUSTER_NOISE = 0.6
@@ -98,7 +101,7 @@ def unit_vectors(n: int, dim: int, data: str = "random", seed: int = 0):
 
 
 def run_case(n: int, dim: int, knn: str, max_distance: float | None, k1: int = 30, k2: int = 6,
-             recall_rows: int = 2000, data: str = "random") -> dict:
+             recall_rows: int = 2000, data: str = "random", knn_options: dict | None = None) -> dict:
     import numpy as np
     import torch
 
@@ -123,7 +126,10 @@ def run_case(n: int, dim: int, knn: str, max_distance: float | None, k1: int = 3
                  "kernel_warmup_seconds": round(warmup, 2), "baseline_rss_mb": round(baseline, 1)}
     m1, m2 = min(k1, n), min(int(np.around(k1 / 2)) + 1, k1)
     t0, c0 = time.perf_counter(), _cpu_seconds()
-    res = knn_search(x, max(m1, m2, k2), knn, search_option={"n_jobs": 2} if knn == "pynndescent" else None)
+    opts = dict(knn_options or {})
+    if knn == "pynndescent":
+        opts.setdefault("n_jobs", 2)
+    res = knn_search(x, max(m1, m2, k2), knn, search_option=opts or None)
     t1, c1 = time.perf_counter(), _cpu_seconds()
     v = k_reciprocal_encoding(res, x, m1, m2, k2)
     t2, c2 = time.perf_counter(), _cpu_seconds()
@@ -147,7 +153,7 @@ def run_case(n: int, dim: int, knn: str, max_distance: float | None, k1: int = 3
         rec["recall_rows"] = r["n_sample"]
         rec["seconds_recall_check"] = round(time.perf_counter() - tr, 2)
         if knn.startswith("faiss"):
-            rec["knn_options"] = faiss_index_options(knn, n, max(m1, m2, k2), {})
+            rec["knn_options"] = faiss_index_options(knn, n, max(m1, m2, k2), dict(knn_options or {}))
     rec["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     rec["loadavg_1min_end"] = os.getloadavg()[0]
     return rec
@@ -236,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case", nargs="+", metavar="FIELD",
                     help="N DIM KNN MAX_DISTANCE [DATA]: run one case in this process (MAX_DISTANCE 'none' keeps "
                          "every overlap; DATA random (default) or clustered)")
+    ap.add_argument("--knn-options", type=json.loads, default=None, metavar="JSON",
+                    help='with --case: the k-NN backend\'s options, e.g. \'{"nprobe": 64, "train_points_per_list": 64}\'')
     ap.add_argument("--large", action="store_true", help="add the large cases")
     ap.add_argument("--backends", action="store_true",
                     help="k-NN backends (exact, faiss, faiss-ivf, faiss-hnsw) on random and clustered data")
@@ -261,16 +269,19 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--case takes N DIM KNN MAX_DISTANCE [DATA]")
         n, dim, knn, md = args.case[:4]
         data = args.case[4] if len(args.case) == 5 else "random"
-        print(json.dumps(run_case(int(n), int(dim), knn, None if md.lower() == "none" else float(md), data=data)),
-              flush=True)
+        rec = run_case(int(n), int(dim), knn, None if md.lower() == "none" else float(md), data=data,
+                       knn_options=args.knn_options)
+        print(json.dumps(rec), flush=True)
         return 0
     if args.backends:
-        cases = BACKEND_CASES + (BACKEND_LARGE_CASES if args.large else [])
+        cases = [c + (None,) for c in BACKEND_CASES] + (BACKEND_LARGE_CASES if args.large else [])
     else:
-        cases = [c + ("random",) for c in DEFAULT_CASES + (LARGE_CASES if args.large else [])]
+        cases = [c + ("random", None) for c in DEFAULT_CASES + (LARGE_CASES if args.large else [])]
     status = 0
-    for n, dim, knn, md, data in cases:
+    for n, dim, knn, md, data, opts in cases:
         cmd = [sys.executable, __file__, "--case", str(n), str(dim), knn, "none" if md is None else str(md), data]
+        if opts:
+            cmd += ["--knn-options", json.dumps(opts)]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:

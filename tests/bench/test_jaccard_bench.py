@@ -65,3 +65,17 @@ def test_vs_reference_records(bench, capsys):
     # both count the same pairs within the cut-off
     for data_lines in (lines[0:2], lines[3:5]):
         assert data_lines[0]["pairs_within_cutoff"] == data_lines[1]["pairs_within_cutoff"]
+
+
+def test_case_passes_knn_options(bench, capsys):
+    """``--case ... --knn-options`` reaches the backend and is recorded; a wrong option is refused."""
+    pytest.importorskip("faiss")
+    status = bench.main(["--case", "800", "32", "faiss-ivf", "0.6", "clustered",
+                         "--knn-options", '{"nlist": 10, "nprobe": 10}'])
+    assert status == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["knn_options"]["nlist"] == 10 and rec["knn_options"]["nprobe"] == 10
+    # every list probed: IVF is exhaustive, so recall is exact
+    assert rec["recall_at_k1"] == 1.0
+    with pytest.raises(ValueError, match="not options"):
+        bench.run_case(800, 32, "faiss-ivf", 0.6, data="clustered", knn_options={"n_probe": 3})

@@ -87,6 +87,21 @@ def test_faiss_options_are_checked_and_a_narrow_ivf_search_loses_recall():
     assert knn_recall(narrow.indices, exact.indices) < 0.9
 
 
+def test_exact_neighbours_of_same_for_every_chunk(small64, monkeypatch):
+    """The block size is a memory knob only: 1 row, 3 rows, the default and a block budget that
+    forces 2 rows a block all give the plain loop's neighbours; a chunk below 1 is refused."""
+    k = 8
+    ref_idx, _ = naive_neighbours(small64, k)
+    x = knn_mod.normalize_features(small64)
+    rows = np.array([0, 3, 7, 42, 99, 149])
+    for chunk in (1, 3, None):
+        np.testing.assert_array_equal(exact_neighbours_of(x, rows, k, chunk_size=chunk), ref_idx[rows])
+    monkeypatch.setattr(knn_mod, "RECALL_BLOCK_BYTES", 2 * 4 * x.shape[0])
+    np.testing.assert_array_equal(exact_neighbours_of(x, rows, k), ref_idx[rows])
+    with pytest.raises(ValueError, match="chunk_size"):
+        exact_neighbours_of(x, rows, k, chunk_size=0)
+
+
 def test_exact_neighbours_of_and_sampled_recall_match_plain_loops(small64):
     k = 8
     ref_idx, _ = naive_neighbours(small64, k)
