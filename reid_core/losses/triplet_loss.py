@@ -11,9 +11,11 @@ Per-triplet terms (``variant``):
 
 * ``"hinge"``    ``max(0, d(a,p) - d(a,n) + margin)``;
 * ``"soft"``     ``log(1 + exp(d(a,p) - d(a,n)))`` (soft margin, Hermans et al. 2017; ``margin`` unused);
-* ``"improved"`` ``d(a,p) + max(0, d(a,p) - d(a,n) + margin)`` (the hinge plus a pull of the positive
-  pair towards the anchor, after Cheng et al. 2016's improved triplet loss with its intra-class
-  threshold set to zero).
+* ``"improved"`` ``max(0, d(a,p) - d(a,n) + margin) + pull_weight * max(d(a,p), pull_threshold)``
+  (Cheng et al. 2016's improved triplet loss: the hinge plus a weak pull of the positive pair
+  towards the anchor, active only above an intra-class threshold; defaults beta = 0.002 and
+  tau2 = 0.01, the paper's values). With weight 1 and threshold 0 the pull dominates and training
+  shrinks every distance towards 0 (3 seeds, 5.8 mAP against 41.4 for the hinge; README claims).
 
 Mining (``miner``): ``"batch_hard"`` (default; hardest positive and negative per anchor),
 ``"semi_hard"`` (all triplets with ``d(a,p) < d(a,n) < d(a,p) + margin``), ``"batch_all"`` (all valid
@@ -40,14 +42,22 @@ from .miners import BaseMiner, BatchAllMiner, all_triplets_indices, get_triplet_
 VARIANTS = ("hinge", "soft", "improved")
 
 
-def triplet_terms(d_ap: torch.Tensor, d_an: torch.Tensor, margin: float, variant: str = "hinge") -> torch.Tensor:
-    """Per-triplet losses from anchor-positive and anchor-negative distances."""
+#: the improved variant's pull term (Cheng et al. 2016: beta and tau2)
+IMPROVED_PULL_WEIGHT = 0.002
+IMPROVED_PULL_THRESHOLD = 0.01
+
+
+def triplet_terms(d_ap: torch.Tensor, d_an: torch.Tensor, margin: float, variant: str = "hinge",
+                  pull_weight: float = IMPROVED_PULL_WEIGHT,
+                  pull_threshold: float = IMPROVED_PULL_THRESHOLD) -> torch.Tensor:
+    """Per-triplet losses from anchor-positive and anchor-negative distances (``pull_*``: the
+    ``"improved"`` variant only)."""
     if variant == "hinge":
         return F.relu(d_ap - d_an + margin)
     if variant == "soft":
         return F.softplus(d_ap - d_an)
     if variant == "improved":
-        return d_ap + F.relu(d_ap - d_an + margin)
+        return F.relu(d_ap - d_an + margin) + pull_weight * torch.clamp(d_ap, min=pull_threshold)
     raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
 
 
@@ -64,9 +74,13 @@ class TripletMarginLoss(BaseMetricLoss):
         miner="batch_hard",
         variant: str = "hinge",
         reduction: Optional[str] = None,
+        pull_weight: float = IMPROVED_PULL_WEIGHT,
+        pull_threshold: float = IMPROVED_PULL_THRESHOLD,
     ):
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+        if pull_weight < 0 or pull_threshold < 0:
+            raise ValueError(f"pull_weight and pull_threshold must be >= 0, got {pull_weight}, {pull_threshold}")
         if variant != "soft" and margin < 0:
             raise ValueError(f"margin: must be >= 0, got {margin}")
         miner = get_triplet_miner(miner, margin=margin)
@@ -75,6 +89,8 @@ class TripletMarginLoss(BaseMetricLoss):
         super().__init__(distance=distance, reduction=reduction)
         self.margin = float(margin)
         self.variant = variant
+        self.pull_weight = float(pull_weight)
+        self.pull_threshold = float(pull_threshold)
         self.miner = miner
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, dist_mat: torch.Tensor) -> tuple:
@@ -91,7 +107,8 @@ class TripletMarginLoss(BaseMetricLoss):
         else:
             a, p, n = check_index_tuple(indices_tuple, 3, embeddings.shape[0], "anchor, positive, negative")
         a, p, n = (t.to(embeddings.device) for t in (a, p, n))
-        losses = triplet_terms(dist_mat[a, p], dist_mat[a, n], self.margin, self.variant)
+        losses = triplet_terms(dist_mat[a, p], dist_mat[a, n], self.margin, self.variant,
+                               self.pull_weight, self.pull_threshold)
         self._extra_stats = {"num_triplets": int(a.numel())}
         return LossTerms(losses)
 

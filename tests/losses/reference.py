@@ -81,12 +81,13 @@ def pairs_all(labels):
     return pos, neg
 
 
-def triplet_value(dap, dan, margin, variant):
+def triplet_value(dap, dan, margin, variant, pull_weight=0.002, pull_threshold=0.01):
     if variant == "hinge":
         return max(0.0, dap - dan + margin)
     if variant == "soft":
         return math.log1p(math.exp(dap - dan))
-    return dap + max(0.0, dap - dan + margin)
+    # Cheng et al. 2016: hinge + beta * max(d(a,p), tau2)
+    return max(0.0, dap - dan + margin) + pull_weight * max(dap, pull_threshold)
 
 
 def reduce(values, reduction):

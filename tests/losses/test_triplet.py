@@ -180,3 +180,20 @@ def test_bad_arguments():
         TripletMarginLoss()(torch.randn(4, 3), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="embeddings"):
         TripletMarginLoss()(torch.randn(4, 3, 2), torch.tensor([0, 1, 0, 1]))
+
+
+@pytest.mark.parametrize("weight,threshold", [(1.0, 0.0), (0.5, 0.8)])
+def test_improved_pull_options_match_naive_loop(weight, threshold):
+    """The improved variant's pull weight and threshold (Cheng et al.'s beta, tau2) reach every
+    batch-hard triplet as the definition says; negative values are refused."""
+    x, y = _batch(seed=7)
+    dist = EuclideanDistance()
+    loss_fn = TripletMarginLoss(margin=0.3, distance=dist, variant="improved",
+                                pull_weight=weight, pull_threshold=threshold)
+    got = loss_fn(x, y).item()
+    d = dist_matrix(x.numpy(), "euclidean")
+    trips = _naive_triplets(d, y.tolist(), "batch_hard", 0.3)
+    values = [triplet_value(d[a][p], d[a][n], 0.3, "improved", weight, threshold) for a, p, n in trips]
+    assert got == pytest.approx(reduce(values, "mean"), abs=1e-10)
+    with pytest.raises(ValueError, match="pull_weight"):
+        TripletMarginLoss(variant="improved", pull_weight=-1.0)
