@@ -10,7 +10,10 @@ alternately (``--repeats`` times each, best kept), so load from other processes 
   features: ``max_abs_feature_diff`` says so);
 * ``inline``: ``new`` with ``decode="inline"`` (each batch decoded in the calling thread right
   before its forward, no thread beside torch's intra-op threads);
-* ``bare``: the new runner's forward alone on batches decoded and normalised beforehand.
+* ``bare``: the new runner's forward alone on batches decoded and normalised beforehand;
+* ``compiled`` (with ``--compile``): the ``bare`` forward through ``torch.compile`` (inductor, no
+  freezing, so the weights stay inputs and a later model of the same shape reuses the graph);
+  ``compile_seconds`` is its first call, ``compiled_min_cosine`` its agreement with ``bare``.
 
 ``speedup`` = new / old images per second; ``ratio`` = new / bare shows what decoding still costs.
 ``*_per_cpu_s`` divide by this process's CPU time instead of wall time (steadier on a shared
@@ -33,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reid_core.device import cpu_model  # noqa: E402
+from reid_core.device import autocast, cpu_model  # noqa: E402
 from reid_core.features import (  # noqa: E402
     decode_batch, extract_features, inference_runner, normalize_uint8_batch,
 )
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats of each path, alternated (best is kept)")
+    ap.add_argument("--compile", action="store_true", help="also time the bare forward under torch.compile")
     ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "market1501"))
     args = ap.parse_args(argv)
 
@@ -112,6 +116,20 @@ def main(argv: list[str] | None = None) -> dict:
                 for x in batches:
                     run(x).cpu()
 
+            compiled_net = torch.compile(run.model) if args.compile else None
+
+            def compiled_run(x: torch.Tensor) -> torch.Tensor:
+                x = x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+                with torch.inference_mode(), autocast(dev, bf16_used):
+                    out = compiled_net(x)
+                if isinstance(out, dict):
+                    out = out["bn_feat"]
+                return torch.nn.functional.normalize(out.float(), dim=1)
+
+            def compiled() -> None:
+                for x in batches:
+                    compiled_run(x).cpu()
+
             # Warm-up all (oneDNN primitive creation, page cache), then alternate the paths so
             # that load from other processes hits them alike; the best of each is kept.
             f_old = extract_features(model, paths[: 2 * args.batch_size], **old_kw)
@@ -119,11 +137,19 @@ def main(argv: list[str] | None = None) -> dict:
             run(batches[0])
             extract_features(model, paths[: 2 * args.batch_size], **inline_kw)
             times = {"old": [], "new": [], "inline": [], "bare": []}
+            extra = {}
+            if args.compile:
+                extra["compile_seconds"] = round(timed(lambda: compiled_run(batches[0]))[0], 1)
+                extra["compiled_min_cosine"] = float(torch.nn.functional.cosine_similarity(
+                    compiled_run(batches[0]), run(batches[0])).min())
+                times["compiled"] = []
             for _ in range(args.repeats):
                 times["old"].append(timed(lambda: extract_features(model, paths, **old_kw)))
                 times["new"].append(timed(lambda: extract_features(model, paths, **kw)))
                 times["inline"].append(timed(lambda: extract_features(model, paths, **inline_kw)))
                 times["bare"].append(timed(bare))
+                if args.compile:
+                    times["compiled"].append(timed(compiled))
 
     n = len(paths)
     ips = {k: n / min(t for t, _ in v) for k, v in times.items()}
@@ -151,6 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
         "new_images_per_cpu_s": round(cps["new"], 1),
         "bare_forward_images_per_cpu_s": round(cps["bare"], 1),
         "cpu_speedup": round(cps["new"] / cps["old"], 3),
+        **({"compiled_images_per_s": round(ips["compiled"], 1),
+            "compiled_over_bare": round(ips["compiled"] / ips["bare"], 3), **extra} if args.compile else {}),
         "max_abs_feature_diff": float(np.abs(f_new - f_old).max()),
         "repeats": args.repeats,
         "load_avg_1min": round(os.getloadavg()[0], 2),
