@@ -326,32 +326,32 @@ def warm_up_kernel() -> bool:
     return True
 
 
-def _jaccard_numba(kernel, va, csc, nb, max_dist, square, progress, n_threads):
+def _row_blocks(n_rows: int, n_threads: int | None, blocks_per_thread: int, progress: bool, call):
+    """Run ``call(start, stop) -> (counts, cols, vals)`` on row blocks over a thread pool (the
+    numba kernels release the GIL) and concatenate the blocks' outputs in row order."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
-    na = va.shape[0]
     n_threads = n_threads or max(1, min(os.cpu_count() or 1, 32))
-    n_blocks = max(1, min(na, 8 * n_threads))
-    edges = np.linspace(0, na, n_blocks + 1).astype(np.int64)
-    a_ptr = va.indptr.astype(np.int64)
-    a_idx = va.indices.astype(np.int64)
-    c_ptr = csc.indptr.astype(np.int64)
-    c_idx = csc.indices.astype(np.int64)
-
-    def run(b):
-        return kernel(edges[b], edges[b + 1], a_ptr, a_idx, va.data, c_ptr, c_idx, csc.data, nb,
-                      float(max_dist), bool(square))
-
+    n_blocks = max(1, min(n_rows, blocks_per_thread * n_threads))
+    edges = np.linspace(0, n_rows, n_blocks + 1).astype(np.int64)
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        parts = list(tqdm(pool.map(run, range(n_blocks)), total=n_blocks, desc="jaccard",
-                          disable=not progress, leave=False))
-    counts = np.concatenate([p[0] for p in parts])
-    cols = np.concatenate([p[1] for p in parts])
-    vals = np.concatenate([p[2] for p in parts])
-    return counts, cols, vals
+        parts = list(tqdm(pool.map(lambda b: call(edges[b], edges[b + 1]), range(n_blocks)), total=n_blocks,
+                          desc="jaccard", disable=not progress, leave=False))
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
+
+
+def _csr_arrays(m: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
+    return m.indptr.astype(np.int64), m.indices.astype(np.int64)
+
+
+def _jaccard_numba(kernel, va, csc, nb, max_dist, square, progress, n_threads):
+    a_ptr, a_idx = _csr_arrays(va)
+    c_ptr, c_idx = _csr_arrays(csc)
+    return _row_blocks(va.shape[0], n_threads, 8, progress, lambda start, stop: kernel(
+        start, stop, a_ptr, a_idx, va.data, c_ptr, c_idx, csc.data, nb, float(max_dist), bool(square)))
 
 
 def cutoff_overlap(max_distance: float | None) -> float:
@@ -377,11 +377,6 @@ def pair_once_jaccard(va: sp.csr_matrix, max_distance: float | None = None, n_th
     rows. Same stored pairs and values as the full kernel (up to float64 summation order).
     Needs numba.
     """
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
     from .kernels import pair_once_kernel
 
     kernel = pair_once_kernel()
@@ -398,26 +393,13 @@ def pair_once_jaccard(va: sp.csr_matrix, max_distance: float | None = None, n_th
     m_min = cutoff_overlap(max_distance)
     csc = sp.csc_matrix(va)
     csc.sort_indices()
-    n_threads = n_threads or max(1, min(os.cpu_count() or 1, 32))
-    # rows early in the order do more work (more partners k > i): many small blocks balance it
-    n_blocks = max(1, min(n, 16 * n_threads))
-    edges = np.linspace(0, n, n_blocks + 1).astype(np.int64)
-    a_ptr = va.indptr.astype(np.int64)
-    a_idx = va.indices.astype(np.int64)
+    a_ptr, a_idx = _csr_arrays(va)
+    c_ptr, c_idx = _csr_arrays(csc)
     a_val = va.data.astype(np.float32)
-    c_ptr = csc.indptr.astype(np.int64)
-    c_idx = csc.indices.astype(np.int64)
     c_val = csc.data.astype(np.float32)
-
-    def run(b):
-        return kernel(edges[b], edges[b + 1], a_ptr, a_idx, a_val, c_ptr, c_idx, c_val, n, m_min, max_dist)
-
-    with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        parts = list(tqdm(pool.map(run, range(n_blocks)), total=n_blocks, desc="jaccard", disable=not progress,
-                          leave=False))
-    counts = np.concatenate([p[0] for p in parts])
-    up_cols = np.concatenate([p[1] for p in parts])
-    up_vals = np.concatenate([p[2] for p in parts])
+    # rows early in the order do more work (more partners k > i): many small blocks balance it
+    counts, up_cols, up_vals = _row_blocks(n, n_threads, 16, progress, lambda start, stop: kernel(
+        start, stop, a_ptr, a_idx, a_val, c_ptr, c_idx, c_val, n, m_min, max_dist))
     up_rows = np.repeat(np.arange(n, dtype=np.int64), counts)
     # mirror: row r = [(i, r) for i < r, ascending i] + [diagonal 0] + [(r, k) for k > r, ascending k]
     low = np.argsort(up_cols, kind="stable")  # stable: for each column, rows stay ascending
