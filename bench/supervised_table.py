@@ -46,6 +46,8 @@ from reid_core.pipeline.loop import run_provenance  # noqa: E402
 VARIANTS: dict[str, tuple[str, dict, float]] = {
     "id": ("id", {}, 1.0),
     "id+verification": ("id+verification", {}, 1.0),
+    # the verification term at a tenth of the ID term's weight (is the weight why it loses to ID?)
+    "id+verification_w0.1": ("id+verification", {"verification_weight": 0.1}, 1.0),
     "triplet": ("triplet", {}, 1.0),
     "triplet_semihard": ("triplet_semihard", {}, 1.0),
     "triplet_all": ("triplet_all", {}, 1.0),
@@ -65,6 +67,7 @@ VARIANTS: dict[str, tuple[str, dict, float]] = {
 # (seed paper, claim, variant, baseline, evaluation)
 CLAIMS = [
     ("001", "ID + verification beats ID alone", "id+verification", "id", "global"),
+    ("001", "ID + verification at a tenth of the weight beats ID alone", "id+verification_w0.1", "id", "global"),
     ("001", "quadruplet beats triplet", "quadruplet", "triplet", "global"),
     ("001", "improved triplet beats triplet", "triplet_improved", "triplet", "global"),
     ("001/003", "batch-hard mining beats semi-hard", "triplet", "triplet_semihard", "global"),

@@ -16,7 +16,8 @@ term               what it adds
 ``quadruplet``     hardest quadruplets (alpha 0.3 > beta 0.15)
 ``softtriple``     SoftTriple (10 centres a class) on the BN feature
 ``softtriple_k1``  SoftTriple with one centre a class (the paper's K = 1 baseline: a smoothed softmax)
-``verification``   siamese same/different head over all pairs of the batch
+``verification``   siamese same/different head over all pairs of the batch, weighted by
+                   ``verification_weight`` (default 1)
 ``aligned``        AlignedReID batch-hard triplet on global + local (shortest-path) distances;
                    needs a model built with ``local_branch=True``. The local term's weight and
                    scale (``"mean"``: path length / (2H - 1), the default; ``"sum"``: the raw
@@ -64,7 +65,8 @@ class Objective(nn.Module):
     """Sum of the terms of ``spec``; ``forward(out, labels) -> (loss, stats)``."""
 
     def __init__(self, spec: str | Sequence[str], feat_dim: int, num_classes: int = 0,
-                 aligned_local_weight: float = 1.0, aligned_local_scale: str = "mean"):
+                 aligned_local_weight: float = 1.0, aligned_local_scale: str = "mean",
+                 verification_weight: float = 1.0):
         super().__init__()
         from .losses.contrastive_loss import ContrastiveLoss
         from .losses.id_loss import IDLoss
@@ -74,6 +76,9 @@ class Objective(nn.Module):
         self.terms = parse_spec(spec)
         self.aligned_local_weight = float(aligned_local_weight)
         self.aligned_local_scale = aligned_local_scale
+        if not verification_weight >= 0:
+            raise ValueError(f"verification_weight: must be >= 0, got {verification_weight}")
+        self.verification_weight = float(verification_weight)
         self.losses = nn.ModuleDict()
         for term in self.terms:
             if term == "id":
@@ -152,7 +157,9 @@ class Objective(nn.Module):
                 value = fn(feat, out["local"].float(), labels)
             else:
                 value = fn(feat, labels)
-            stats[f"loss_{term}"] = float(value.detach())
+            stats[f"loss_{term}"] = float(value.detach())  # unweighted, comparable across weights
+            if term == "verification":
+                value = self.verification_weight * value
             total = value if total is None else total + value
         return total, stats
 
@@ -201,7 +208,8 @@ def build_mutual_partner(model: nn.Module, objective: Objective, spec: str, num_
     partner.to(device)
     partner_objective = Objective(spec, partner.feat_dim, num_classes,  # the first network's settings
                                   aligned_local_weight=objective.aligned_local_weight,
-                                  aligned_local_scale=objective.aligned_local_scale).to(device)
+                                  aligned_local_scale=objective.aligned_local_scale,
+                                  verification_weight=objective.verification_weight).to(device)
     if state and "partner_objective" in state:
         partner_objective.load_state_dict(state["partner_objective"])
     optimizer = build_supervised_optimizer(partner, partner_objective, cfg)

@@ -75,6 +75,8 @@ class RunConfig:
     # ("mean" = shortest path / (2H - 1), on the global distance's scale; "sum" = raw path length)
     aligned_local_weight: float = 1.0
     aligned_local_scale: str = "mean"
+    # weight of the "verification" term (siamese same/different head) in the supervised objective
+    verification_weight: float = 1.0
     # supervised mode: train a second network beside the first (deep mutual learning, as in AlignedReID);
     # the first network is the one saved as the model and evaluated; each iteration costs about twice
     mutual_learning: bool = False
@@ -122,6 +124,8 @@ class RunConfig:
             raise ValueError("RunConfig.mutual_learning: not with train_nproc > 1 (DDP trains one network)")
         if self.aligned_local_weight < 0:
             raise ValueError(f"RunConfig.aligned_local_weight: must be >= 0, got {self.aligned_local_weight}")
+        if not self.verification_weight >= 0:
+            raise ValueError(f"RunConfig.verification_weight: must be >= 0, got {self.verification_weight}")
         if self.extract_decode not in ("inline", "thread"):  # reid_core.features.DECODE_MODES
             raise ValueError(f"RunConfig.extract_decode: {self.extract_decode!r} must be 'inline' or 'thread'")
         if self.train_data not in ("memory", "loader"):  # reid_core.train.TRAIN_DATA_PATHS
@@ -199,6 +203,8 @@ class RunConfig:
         if self.mode == "supervised":  # the supervised objective's knobs (unsupervised digests stay as they were)
             keys += ["aligned_local_weight", "aligned_local_scale", "mutual_learning"]
         params = {k: getattr(self, k) for k in sorted(set(keys))}
+        if self.mode == "supervised" and self.verification_weight != 1.0:  # likewise: existing digests stay valid
+            params["verification_weight"] = self.verification_weight
         if self.train_nproc != 1:  # only then, so the digests of existing runs stay valid
             params["train_nproc"] = self.train_nproc
         return params

@@ -574,7 +574,8 @@ def _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, 
 
             objective = Objective(cfg.supervised_loss, model.feat_dim, n_clusters,
                                   aligned_local_weight=cfg.aligned_local_weight,
-                                  aligned_local_scale=cfg.aligned_local_scale)
+                                  aligned_local_scale=cfg.aligned_local_scale,
+                                  verification_weight=cfg.verification_weight)
             if "objective" in state:
                 objective.load_state_dict(state["objective"])
             optimizer = build_supervised_optimizer(model, objective, tcfg)

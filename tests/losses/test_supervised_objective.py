@@ -61,3 +61,24 @@ def test_softtriple_k1_has_one_centre_a_class():
     assert isinstance(fn, SoftTripleLoss)
     assert sum(p.numel() for p in fn.parameters()) == 6 * 4 * 1
     assert sum(p.numel() for p in Objective("softtriple", feat_dim=6, num_classes=4).parameters()) == 6 * 4 * 10
+
+
+def test_verification_weight_scales_only_the_verification_term():
+    live, _, y = _batch(seed=3, P=3, K=3, D=6)
+    live = live.float()  # the objective computes in float32
+    logits = torch.randn(9, 3, generator=torch.Generator().manual_seed(4))
+    out = {"feat": live, "bn_feat": live, "logits": logits}
+    torch.manual_seed(0)
+    full = Objective("id+verification", feat_dim=6, num_classes=3)
+    torch.manual_seed(0)
+    tenth = Objective("id+verification", feat_dim=6, num_classes=3, verification_weight=0.1)
+    loss_full, stats_full = full(out, y)
+    loss_tenth, stats_tenth = tenth(out, y)
+    # same head weights (same seed), so the unweighted terms agree and only the sum changes
+    assert stats_full == pytest.approx(stats_tenth)
+    assert stats_full["loss_verification"] > 0
+    expected = stats_full["loss_id"] + 0.1 * stats_full["loss_verification"]
+    assert loss_tenth.item() == pytest.approx(expected, rel=1e-6)
+    assert loss_full.item() == pytest.approx(stats_full["loss_id"] + stats_full["loss_verification"], rel=1e-6)
+    with pytest.raises(ValueError, match="verification_weight"):
+        Objective("id+verification", feat_dim=6, num_classes=3, verification_weight=-1.0)

@@ -94,3 +94,15 @@ def test_cluster_levers_are_cache_keys_and_validated():
         RunConfig(eps_rho=0.5)
     with pytest.raises(ValueError, match="k1_per_cluster"):
         RunConfig(k1_per_cluster=-1)
+
+
+def test_verification_weight_is_a_supervised_cache_key_and_validated():
+    from reid_core.pipeline import RunConfig
+
+    base = RunConfig(mode="supervised", supervised_loss="id+verification")
+    # the default leaves the digest as it was before the field existed (resume keeps working)
+    assert "verification_weight" not in base.train_params()
+    assert RunConfig(mode="supervised", supervised_loss="id+verification",
+                     verification_weight=0.1).train_params() != base.train_params()
+    with pytest.raises(ValueError, match="verification_weight"):
+        RunConfig(verification_weight=-0.5)
