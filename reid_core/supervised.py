@@ -155,6 +155,9 @@ class Objective(nn.Module):
                 if "local" not in out:
                     raise ValueError("loss term 'aligned': the model has no local branch (build it with local_branch=True)")
                 value = fn(feat, out["local"].float(), labels)
+                # the two parts, so a run's train log shows how much the local term weighs
+                stats["loss_aligned_global"] = fn.last_stats.get("loss_global", 0.0)
+                stats["loss_aligned_local"] = fn.last_stats.get("loss_local", 0.0)
             else:
                 value = fn(feat, labels)
             stats[f"loss_{term}"] = float(value.detach())  # unweighted, comparable across weights

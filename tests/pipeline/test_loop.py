@@ -91,6 +91,8 @@ def test_supervised_mutual_learning_trains_two_networks_and_resumes(tmp_path, ti
     log = pd.read_parquet(round_paths(cfg, 1)["train_log"])
     for col in ("loss_partner", "loss_mutual_kl", "loss_mutual_metric"):
         assert col in log and np.isfinite(log[col]).all()
+    # the AlignedReID term's two parts are logged and add up to it (local weight 1)
+    assert np.allclose(log["loss_aligned"], log["loss_aligned_global"] + log["loss_aligned_local"], rtol=1e-5)
     assert (log["loss_mutual_kl"] > 0).any()
     ck1, ck2 = (load_checkpoint(round_paths(cfg, r)["checkpoint"]) for r in (1, 2))
     for ck in (ck1, ck2):
