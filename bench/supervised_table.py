@@ -61,6 +61,9 @@ VARIANTS: dict[str, tuple[str, dict, float]] = {
     # AlignedReID: local term on the global distance's scale (the fix) and as a raw path sum (before)
     "aligned": ("id+aligned", {"aligned_local_scale": "mean"}, 1.0),
     "aligned_sum": ("id+aligned", {"aligned_local_scale": "sum"}, 1.0),
+    # the local term weighted 4x on the global scale: between "mean" (its trunk gradient ~0.4x the global
+    # term's, bench/aligned_probe.py) and the raw sum (~15x, which hurt)
+    "aligned_w4": ("id+aligned", {"aligned_local_scale": "mean", "aligned_local_weight": 4.0}, 1.0),
     "mutual": ("id+triplet", {"mutual_learning": True}, 2.0),
 }
 
@@ -78,6 +81,8 @@ CLAIMS = [
      "global"),
     ("002", "AlignedReID: the local term on the global scale beats the raw path sum", "aligned", "aligned_sum",
      "global"),
+    ("002", "AlignedReID with the local term weighted 4x improves the global feature over ID + triplet",
+     "aligned_w4", "id+triplet", "global"),
     ("002", "AlignedReID: global + local distance beats global alone at test time", "aligned", "aligned",
      "global+local|global"),
     ("002", "mutual learning beats one network at equal compute", "mutual", "id+triplet", "global"),
