@@ -201,8 +201,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="summarise the rounds that end at this many iterations (e.g. 500) instead of the last round")
     ap.add_argument("--x", choices=("seconds", "iterations"), default="seconds",
                     help="the plot's x axis (iterations: for runs that shared the machine)")
+    ap.add_argument("--compare", action="append", default=[], metavar="PARQUET:METHOD",
+                    help="also draw and tabulate METHOD's rows from another rows file (e.g. an ablation's "
+                         "baseline: --compare docs/results/accuracy_1500.parquet:cc_cam); repeatable")
     ap.add_argument("--quiet", action="store_true")
     return ap
+
+
+def compare_rows(specs: list[str]) -> list[pd.DataFrame]:
+    """Rows of ``PARQUET:METHOD`` specs (``--compare``), with a clear error for a bad spec."""
+    frames = []
+    for spec in specs:
+        path, sep, method = spec.rpartition(":")
+        if not sep or not path or not method:
+            raise SystemExit(f"error: --compare {spec!r}: expected PARQUET:METHOD")
+        if not Path(path).is_file():
+            raise SystemExit(f"error: --compare {path}: no such rows file")
+        rows = pd.read_parquet(path)
+        rows = rows[rows["method"] == method]
+        if rows.empty:
+            raise SystemExit(f"error: --compare {path}: no rows of method {method!r}")
+        frames.append(rows)
+    return frames
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
             for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
                 run_method(method, seed, args)
-    df = pd.read_parquet(args.out)
+    df = pd.concat([pd.read_parquet(args.out), *compare_rows(args.compare)], ignore_index=True)
     from reid_core.evaluation.plots import plot_map_vs_time
 
     png = args.out.with_suffix(".png")

@@ -95,3 +95,18 @@ def test_summary_at_iterations_cuts_every_seed_at_the_same_point(bench):
     assert last.loc["cc_cam", "mAP"] == pytest.approx((0.4 + 0.35) / 2)
     table = bench.markdown_table(at100.reset_index())
     assert "| iterations |" in table.splitlines()[0] and "| AMD EPYC |" in table
+
+
+def test_compare_rows_reads_one_method_of_another_rows_file(bench, tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "base.parquet"
+    pd.DataFrame({"method": ["cc_cam", "cc_cam", "cc"], "seed": [0, 1, 0], "mAP": [0.7, 0.72, 0.5]}).to_parquet(path)
+    (rows,) = bench.compare_rows([f"{path}:cc_cam"])
+    assert list(rows["method"]) == ["cc_cam", "cc_cam"] and list(rows["seed"]) == [0, 1]
+    with pytest.raises(SystemExit, match="PARQUET:METHOD"):
+        bench.compare_rows(["no-colon"])
+    with pytest.raises(SystemExit, match="no such rows file"):
+        bench.compare_rows([f"{tmp_path / 'missing.parquet'}:cc_cam"])
+    with pytest.raises(SystemExit, match="no rows of method 'supervised'"):
+        bench.compare_rows([f"{path}:supervised"])
