@@ -24,6 +24,7 @@ machine). ``load_avg_1min`` says how busy the machine was; ``cpu`` names it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -36,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reid_core.device import autocast, cpu_model  # noqa: E402
+from reid_core.device import cpu_model  # noqa: E402
 from reid_core.features import (  # noqa: E402
     decode_batch, extract_features, inference_runner, normalize_uint8_batch,
 )
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
         old_kw = dict(kw, bf16_weights=False)
         inline_kw = dict(kw, decode="inline")
         # Bare path: the new inference runner, on batches decoded and normalised beforehand.
-        with inference_runner(model, args.device, args.bf16) as run:
+        with contextlib.ExitStack() as stack:
+            run = stack.enter_context(inference_runner(model, args.device, args.bf16))
             dev = run.device
             batches = [
                 normalize_uint8_batch(decode_batch(paths[s:s + args.batch_size], args.height, args.width), dev)
@@ -116,15 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
                 for x in batches:
                     run(x).cpu()
 
-            compiled_net = torch.compile(run.model) if args.compile else None
-
-            def compiled_run(x: torch.Tensor) -> torch.Tensor:
-                x = x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-                with torch.inference_mode(), autocast(dev, bf16_used):
-                    out = compiled_net(x)
-                if isinstance(out, dict):
-                    out = out["bn_feat"]
-                return torch.nn.functional.normalize(out.float(), dim=1)
+            compiled_run = (stack.enter_context(inference_runner(model, args.device, args.bf16, compile=True))
+                            if args.compile else None)
 
             def compiled() -> None:
                 for x in batches:

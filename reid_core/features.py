@@ -196,15 +196,16 @@ def _bf16_resident_weights_(net: nn.Module) -> int:
 
 @contextlib.contextmanager
 def inference_runner(model: nn.Module, device: str | torch.device = "auto", bf16: bool | str = "auto",
-                     fuse_bn: bool = True,
-                     bf16_weights: bool = True) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+                     fuse_bn: bool = True, bf16_weights: bool = True,
+                     compile: bool = False) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """Yield ``run(x) -> float32 L2-normalised (B, D)`` backed by an inference copy of ``model``.
 
     ``x`` is a normalised float (B, 3, H, W) batch already on the device. ``model`` itself is not
     changed (mode, device, layout): the forward runs on ``reid_core.models.inference.inference_copy``
     (eval mode, conv+BN folded, bf16-sensitive convs kept in fp32), moved to the device and, on CPU
     or with bf16, to channels_last layout. With bf16 and ``bf16_weights`` the other convs keep
-    their weights in bf16 (bit-identical features, no per-batch weight casts). Shared by :func:`extract_features` and
+    their weights in bf16 (bit-identical features, no per-batch weight casts). ``compile`` runs the
+    copy through ``torch.compile`` (inductor, no freezing; ``bench/extract.py --compile``). Shared by :func:`extract_features` and
     ``bench/extract.py`` so both time the same forward.
     """
     dev = pick_device(device)
@@ -215,11 +216,12 @@ def inference_runner(model: nn.Module, device: str | torch.device = "auto", bf16
         _bf16_resident_weights_(net)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    forward = torch.compile(net) if compile else net
 
     def run(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         with torch.inference_mode(), autocast(dev, use_bf16):
-            out = net(x)
+            out = forward(x)
         if isinstance(out, dict):
             out = out["bn_feat"]
         return F.normalize(out.float(), dim=1)
