@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -92,20 +93,59 @@ def planned_rounds(args: argparse.Namespace) -> int:
     return max(1, int(round(args.budget_minutes)))
 
 
+def parse_fork(spec: str) -> tuple[str, int]:
+    """``--fork-from RUN_DIR:ROUND`` -> (run-folder pattern, round); the pattern may hold ``{seed}``
+    and ``{method}``."""
+    from reid_core.pipeline.fork import parse_fork_spec
+
+    return parse_fork_spec(spec)
+
+
+def fork_progress(cfg: RunConfig, fork: dict | None) -> tuple[Callable[[int], tuple[int, int]], float]:
+    """``(iterations_and_images_at(r), parent_seconds)`` of a run that may be a fork: inherited
+    rounds count the parent's iterations and batch, later ones the child's; ``parent_seconds`` is
+    the parent's wall clock at the fork round (0 for a run that is not a fork)."""
+    n = int(fork["round"]) if fork else 0
+    parent = fork["parent_config"] if fork else {}
+    p_iters = int(parent.get("iters", cfg.iters))
+    p_batch = int(parent.get("p", cfg.p)) * int(parent.get("k", cfg.k))
+
+    def at(r: int) -> tuple[int, int]:
+        a, b = min(r, n), max(r - n, 0)
+        return a * p_iters + b * cfg.iters, a * p_iters * p_batch + b * cfg.iters * cfg.p * cfg.k
+
+    seconds = 0.0
+    if fork:
+        timing = cfg.round_dir(n) / "timing.json"
+        seconds = float(json.loads(timing.read_text()).get("elapsed_seconds", 0.0)) if timing.exists() else 0.0
+    return at, seconds
+
+
 def run_method(method: str, seed: int, args: argparse.Namespace) -> None:
     cfg = market_config(method, seed, args)
+    fork = None
+    if args.fork_from:
+        from reid_core.pipeline.fork import fork_run, read_fork
+
+        pattern, fork_round = parse_fork(args.fork_from)
+        fork_run(pattern.format(seed=seed, method=method), fork_round, cfg)
+        fork = read_fork(cfg.run_dir)
+    progress_at, parent_seconds = fork_progress(cfg, fork)
     t0 = time.perf_counter()
 
     def on_round(r: int, row: pd.DataFrame) -> None:
         row = row.copy()
+        inherited = bool(fork) and r <= fork["round"]
         row["method"] = f"{method}:{args.tag}" if args.tag else method
         row["seed"] = seed
-        row["seconds"] = time.perf_counter() - t0 if r > 0 else 0.0
+        if inherited:
+            row["seconds"] = float(row["elapsed_seconds"].iloc[0]) if r > 0 and "elapsed_seconds" in row else 0.0
+        else:
+            row["seconds"] = parent_seconds + time.perf_counter() - t0 if r > 0 else 0.0
         row["budget_seconds"] = args.budget_minutes * 60
         row["config_json"] = cfg.to_json()
         row["cpu_model"] = cpu_model()
-        row["iterations"] = r * cfg.iters
-        row["images_seen"] = r * cfg.iters * cfg.p * cfg.k
+        row["iterations"], row["images_seen"] = progress_at(r)
         row["versions"] = json.dumps(versions())
         append_parquet(row, args.out)
         print(json.dumps({"method": row["method"].iloc[0], "seed": seed, "round": r, "mAP": round(float(row["mAP"].iloc[0]), 4),
@@ -204,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--compare", action="append", default=[], metavar="PARQUET:METHOD",
                     help="also draw and tabulate METHOD's rows from another rows file (e.g. an ablation's "
                          "baseline: --compare docs/results/accuracy_1500.parquet:cc_cam); repeatable")
+    ap.add_argument("--fork-from", default="", metavar="RUN_DIR:ROUND",
+                    help="branch each run from a finished run at ROUND (reid_core.pipeline.fork): rounds up to "
+                         "ROUND are that run's, training goes on from there under this command's config; "
+                         "RUN_DIR may hold {seed} and {method}, e.g. runs/bench/cc_cam-s{seed}:20. For levers "
+                         "that act late (the learning-rate step), it skips the shared first rounds")
     ap.add_argument("--quiet", action="store_true")
     return ap
 

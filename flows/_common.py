@@ -131,6 +131,7 @@ def begin_run(cfg: RunConfig, progress: bool, unit: str = "rounds") -> tuple[dic
     from prefect.logging import get_run_logger
 
     from reid_core.pipeline import loop
+    from reid_core.pipeline.fork import read_fork
     from tasks import evaluate, index_images
 
     from flows._server_guard import guard_temporary_server
@@ -145,7 +146,8 @@ def begin_run(cfg: RunConfig, progress: bool, unit: str = "rounds") -> tuple[dic
     images = index_images(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
     p0 = loop.round_paths(cfg, 0)
     p0["metrics"].parent.mkdir(parents=True, exist_ok=True)
-    evaluate(images, None, cfg_dict, 0, p0["metrics"], progress=progress)
+    if read_fork(cfg.run_dir) is None:  # a fork's round 0 is its parent's (reid_core.pipeline.fork)
+        evaluate(images, None, cfg_dict, 0, p0["metrics"], progress=progress)
     return cfg_dict, progress_id, images
 
 

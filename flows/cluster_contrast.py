@@ -18,6 +18,7 @@ from prefect.artifacts import update_progress_artifact
 from prefect.logging import get_run_logger
 
 from reid_core.pipeline import cache, loop
+from reid_core.pipeline.fork import read_fork
 from tasks import build_pseudo_labels, collect_metrics, evaluate, plan_ise, train_epoch, write_profile
 
 from flows._common import DEFAULTS, begin_run, build_config, hold_run_folder, publish_run_artifacts
@@ -98,7 +99,12 @@ def _rounds(cfg, progress: bool, address: str | None, n_shards: int) -> dict[str
 
     checkpoint: Path | None = None
     skipped: list[int] = []
-    for r in range(1, cfg.rounds + 1):
+    fork = read_fork(cfg.run_dir)
+    if fork:  # rounds 0..N are the parent's, taken as they are (reid_core.pipeline.fork)
+        checkpoint = loop.round_paths(cfg, fork["round"])["checkpoint"]
+        logger.info("fork of %s: rounds 0..%d inherited, training from round %d", fork["parent"], fork["round"],
+                    fork["round"] + 1)
+    for r in range((fork["round"] if fork else 0) + 1, cfg.rounds + 1):
         paths = loop.round_paths(cfg, r)
         paths["features"].parent.mkdir(parents=True, exist_ok=True)
         base = 100.0 * (r - 1) / cfg.rounds

@@ -114,6 +114,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline.loop import run_pipeline
 
     cfg = config_from_args(args)
+    if args.fork_from:
+        from .pipeline.fork import fork_run, parse_fork_spec
+
+        parent, round_idx = parse_fork_spec(args.fork_from)
+        fork_run(parent, round_idx, cfg)
     df = run_pipeline(cfg, progress=not args.quiet)
     cols = [c for c in ("round", "mAP", "rank1", "mINP", "ari", "nmi", "n_clusters", "n_outliers") if c in df.columns]
     print(df[cols].to_string(index=False))
@@ -196,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="plain-Python loop over rounds (no Prefect)")
     _add_config_args(p)
     p.add_argument("--config", default=None, help="JSON file with RunConfig fields")
+    p.add_argument("--fork-from", default="", metavar="RUN_DIR:ROUND",
+                   help="branch from a finished run at ROUND: its rounds 0..ROUND are taken as they are and "
+                        "training goes on under this command's config (a new --name)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 

@@ -39,13 +39,16 @@ def write_config(cfg: RunConfig) -> Path:
 
 def collect_metrics(cfg: RunConfig, rounds: int | None = None) -> pd.DataFrame:
     """Concatenate the per-round metrics files into ``<run>/metrics.parquet``."""
+    from .fork import read_fork
+
     rounds = cfg.rounds if rounds is None else rounds
+    fork = read_fork(cfg.run_dir)
     frames = []
     for r in range(rounds + 1):
         paths = round_paths(cfg, r)
         if not paths["metrics"].exists():
             continue
-        frame = pd.read_parquet(paths["metrics"])
+        frame = _inherited_marks(pd.read_parquet(paths["metrics"]), fork)
         if paths["timing"].exists():
             frame = frame.assign(**json.loads(paths["timing"].read_text()))
         frames.append(frame)
@@ -75,6 +78,15 @@ def run_provenance(cfg: RunConfig) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "batch_per_device": cfg.p * cfg.k,
     }
+
+
+def _inherited_marks(metrics: pd.DataFrame, fork: dict[str, Any] | None) -> pd.DataFrame:
+    """A forked run's metric rows say so: ``fork_parent`` / ``fork_round`` on every row and
+    ``inherited`` on the rounds taken from the parent."""
+    if not fork:
+        return metrics
+    return metrics.assign(fork_parent=str(fork["parent"]), fork_round=int(fork["round"]),
+                          inherited=metrics["round"].astype(int) <= int(fork["round"]))
 
 
 def write_profile(cfg: RunConfig, round_idx: int, paths: dict[str, Path]) -> Path:
@@ -133,19 +145,34 @@ def _run_rounds(cfg: RunConfig, progress: bool, budget_seconds: float | None,
                 on_round: Callable[[int, pd.DataFrame], None] | None) -> pd.DataFrame:
     import time
 
+    from .fork import read_fork
+
     start = time.perf_counter()
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg)
+    fork = read_fork(cfg.run_dir)
+    inherited = fork["round"] if fork else 0
     images = stages.index_images(cfg.dataset, cfg.data_root, cfg.run_dir / "images.parquet")
     p0 = round_paths(cfg, 0)
     p0["metrics"].parent.mkdir(parents=True, exist_ok=True)
-    stages.evaluate_stage(images, None, cfg, 0, p0["metrics"], progress=progress)
-    if on_round is not None:
-        on_round(0, pd.read_parquet(p0["metrics"]))
+    if not fork:
+        stages.evaluate_stage(images, None, cfg, 0, p0["metrics"], progress=progress)
     ckpt: Path | None = None
     slowest = 0.0
     done = 0
-    for r in range(1, cfg.rounds + 1):
+    # a fork's rounds 0..N are the parent's, taken as they are (see reid_core.pipeline.fork)
+    for r in range(0, inherited + 1):
+        p = round_paths(cfg, r)
+        m = _inherited_marks(pd.read_parquet(p["metrics"]), fork)
+        if p["timing"].exists():
+            m = m.assign(**json.loads(p["timing"].read_text()))
+        if r:
+            ckpt, done = p["checkpoint"], r
+        if on_round is not None:
+            on_round(r, m)
+    if fork:
+        log.info("fork of %s: rounds 0..%d inherited, training from round %d", fork["parent"], inherited, inherited + 1)
+    for r in range(inherited + 1, cfg.rounds + 1):
         t_round = time.perf_counter()
         elapsed = t_round - start
         if budget_seconds is not None and r > 1 and elapsed + slowest > budget_seconds:
@@ -161,7 +188,7 @@ def _run_rounds(cfg: RunConfig, progress: bool, budget_seconds: float | None,
         timing = {"elapsed_seconds": time.perf_counter() - start, "round_seconds": time.perf_counter() - t_round}
         with atomic_path(round_paths(cfg, r)["timing"]) as tmp:
             tmp.write_text(json.dumps(timing))
-        m = pd.read_parquet(metrics_path).assign(**timing)
+        m = _inherited_marks(pd.read_parquet(metrics_path), fork).assign(**timing)
         log.info("round %d: %s", r, json.dumps({k: m.iloc[0].get(k) for k in ("mAP", "rank1", "ari", "n_clusters")},
                                                default=str))
         if on_round is not None:

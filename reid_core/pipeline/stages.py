@@ -593,11 +593,13 @@ def _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, 
             partner_scheduler = build_scheduler(partner.optimizer, tcfg)
             if "partner_scheduler" in state:
                 partner_scheduler.load_state_dict(state["partner_scheduler"])
+                conform_schedule(partner_scheduler, tcfg)
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
             set_adam_options_(optimizer, tcfg)  # the saved param groups carry the writer's `fused` flag
         if "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
+            conform_schedule(scheduler, tcfg)
         if n_clusters < 2:
             warnings.warn(f"round {round_idx}: {n_clusters} cluster(s) - nothing to contrast, training skipped",
                           AllOutliersWarning, stacklevel=2)
@@ -655,6 +657,30 @@ def _train_epoch(images_path, pseudo_labels_path, features_path, checkpoint_in, 
 
         dist.barrier()  # the outputs exist before any rank returns
     return out_checkpoint, out_log
+
+
+def conform_schedule(scheduler, tcfg) -> bool:
+    """Make a StepLR loaded from a checkpoint follow this run's schedule (``lr``, ``step_size``,
+    ``gamma``) at the epoch it has reached; returns whether anything changed.
+
+    A checkpoint carries the schedule of the run that wrote it. That is this run's own schedule
+    except in a fork (:mod:`reid_core.pipeline.fork`) whose ablation is the schedule itself; then the
+    learning rate is set to ``lr x gamma ** (epoch // step_size)``. When the schedule already
+    matches, nothing is touched, so a resumed run keeps its learning rate to the last bit."""
+    same = (scheduler.step_size == tcfg.step_size and scheduler.gamma == tcfg.gamma
+            and all(b == tcfg.lr for b in scheduler.base_lrs))
+    if same:
+        return False
+    scheduler.step_size, scheduler.gamma = int(tcfg.step_size), float(tcfg.gamma)
+    scheduler.base_lrs = [float(tcfg.lr)] * len(scheduler.optimizer.param_groups)
+    lr = float(tcfg.lr) * float(tcfg.gamma) ** (scheduler.last_epoch // int(tcfg.step_size))
+    for group in scheduler.optimizer.param_groups:
+        group["initial_lr"] = float(tcfg.lr)
+        group["lr"] = lr
+    scheduler._last_lr = [lr] * len(scheduler.optimizer.param_groups)
+    log.info("learning-rate schedule from the checkpoint replaced by this run's: lr %g at epoch %d "
+             "(step %d, gamma %g)", lr, scheduler.last_epoch, tcfg.step_size, tcfg.gamma)
+    return True
 
 
 def torchrun_command(images_path, pseudo_labels_path, features_path, checkpoint_in, config_path: str | Path,

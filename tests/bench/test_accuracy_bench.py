@@ -110,3 +110,45 @@ def test_compare_rows_reads_one_method_of_another_rows_file(bench, tmp_path):
         bench.compare_rows([f"{tmp_path / 'missing.parquet'}:cc_cam"])
     with pytest.raises(SystemExit, match="no rows of method 'supervised'"):
         bench.compare_rows([f"{path}:supervised"])
+
+
+def test_fork_from_spec_errors_name_the_problem(bench):
+    assert bench.parse_fork("runs/cc_cam-s{seed}:20") == ("runs/cc_cam-s{seed}", 20)
+    assert bench.parse_fork("C:/runs/x:3") == ("C:/runs/x", 3)
+    with pytest.raises(ValueError, match="RUN_DIR:ROUND"):
+        bench.parse_fork("runs/cc_cam-s0")
+    with pytest.raises(ValueError, match="not an integer"):
+        bench.parse_fork("runs/cc_cam-s0:last")
+    with pytest.raises(ValueError, match=">= 1"):
+        bench.parse_fork("runs/cc_cam-s0:0")
+
+
+def test_fork_from_branches_each_seed_and_counts_the_parent_rounds(bench, tmp_path):
+    from reid_core.data.synthetic import generate_synthetic
+
+    data = tmp_path / "synth"
+    generate_synthetic(data, n_ids=12, n_cams=2, images_per_id_cam=3, seed=2)
+    common = ["--data-root", str(data), "--runs-dir", str(tmp_path / "runs"), "--methods", "cc", "--seeds", "0",
+              "--height", "64", "--width", "32", "--p", "4", "--k", "4", "--eps", "0.7", "--budget-minutes", "100",
+              "--num-workers", "0", "--quiet", "--set", "min_samples=2", "--set", "k1=6", "--set", "k2=3",
+              "--set", "extract_batch_size=32"]
+    bench.main(common + ["--rounds", "2", "--iters", "2", "--out", str(tmp_path / "parent.parquet")])
+    parent = pd.read_parquet(tmp_path / "parent.parquet")
+    bench.main(common + ["--rounds", "3", "--iters", "3", "--tag", "late", "--out", str(tmp_path / "child.parquet"),
+                         "--fork-from", str(tmp_path / "runs" / "{method}-s{seed}") + ":1"])
+    child = pd.read_parquet(tmp_path / "child.parquet").sort_values("round")
+    assert list(child["round"]) == [0, 1, 2, 3]
+    assert list(child["inherited"]) == [True, True, False, False]
+    # the parent's 2 iterations a round up to round 1, then the child's 3
+    assert list(child["iterations"]) == [0, 2, 5, 8]
+    assert list(child["images_seen"]) == [0, 32, 80, 128]
+    assert list(child["method"].unique()) == ["cc:late"]
+    # inherited rounds are the parent's rows; the wall clock continues from the parent's
+    p1 = parent[parent["round"] == 1].iloc[0]
+    c1 = child[child["round"] == 1].iloc[0]
+    assert c1["mAP"] == p1["mAP"] and c1["seconds"] == pytest.approx(p1["elapsed_seconds"])
+    assert child["seconds"].iloc[2] > c1["seconds"]
+    assert (tmp_path / "runs" / "cc-late-s0" / "fork.json").exists()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        bench.main(common + ["--rounds", "3", "--tag", "nope", "--out", str(tmp_path / "x.parquet"),
+                             "--fork-from", str(tmp_path / "runs" / "absent-s{seed}") + ":1"])

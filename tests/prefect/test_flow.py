@@ -98,6 +98,26 @@ def test_flow_resumes_after_a_crash_and_matches_an_uninterrupted_run(two_rounds,
         pd.testing.assert_frame_equal(_stable(log_a), _stable(log_b))
 
 
+def test_flow_continues_a_fork_from_its_parent_round(two_rounds, tiny_flow_params):
+    import json
+
+    from reid_core.pipeline.fork import fork_run
+
+    runs, _ = two_rounds
+    child = RunConfig.from_dict(json.loads((runs / "flow-a" / "config.json").read_text())).replace(name="flow-fork")
+    fork_run(runs / "flow-a", 1, child)
+    inherited = [loop.round_paths(child, 0)["metrics"], loop.round_paths(child, 1)["checkpoint"]]
+    before = {p: os.stat(cache.sidecar(p)).st_mtime_ns for p in inherited}
+    out = cluster_contrast(name="flow-fork", runs_dir=str(runs), **tiny_flow_params)
+    assert {p: os.stat(cache.sidecar(p)).st_mtime_ns for p in inherited} == before  # taken, not recomputed
+    metrics = pd.read_parquet(out["metrics_path"])
+    assert list(metrics["inherited"]) == [True, True, False]
+    # same configuration as the parent: its round 2 is repeated exactly
+    a = _stable(pd.read_parquet(runs / "flow-a" / "metrics.parquet"))
+    b = _stable(metrics).drop(columns=["inherited", "fork_parent", "fork_round"])
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_all_outlier_rounds_are_skipped_with_a_warning(prefect_harness, tiny_flow_params, tmp_path):
     # more neighbours needed for a core point than there are training images: all outliers
     params = {**tiny_flow_params, "rounds": 1,

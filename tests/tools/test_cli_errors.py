@@ -42,6 +42,22 @@ def test_bad_config_value_field_and_file(tmp_path, capsys):
     _one_line_error(capsys, ["run", "--config", str(missing)], f"{missing}: ")
 
 
+def test_run_fork_from_errors_are_one_line(tmp_path, capsys):
+    runs = ["--runs-dir", str(tmp_path / "runs"), "--name", "child"]
+    _one_line_error(capsys, ["run", *runs, "--fork-from", "somewhere"], "--fork-from: expected RUN_DIR:ROUND")
+    _one_line_error(capsys, ["run", *runs, "--fork-from", "somewhere:last"], "--fork-from: round 'last'")
+    _one_line_error(capsys, ["run", *runs, "--fork-from", f"{tmp_path / 'absent'}:2"],
+                    f"{tmp_path / 'absent' / 'config.json'}: ")
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "config.json").write_text(json.dumps({"height": 64, "width": 32, "name": "parent"}))
+    _one_line_error(capsys, ["run", *runs, "--height", "128", "--fork-from", f"{parent}:1"],
+                    f"{parent}: field 'height' differs")
+    _one_line_error(capsys, ["run", *runs, "--height", "64", "--width", "32", "--fork-from", f"{parent}:1"],
+                    f"{parent / 'round_001' / 'checkpoint.pt'}: round 1 of the parent is not finished")
+    assert not (tmp_path / "runs" / "child").exists()
+
+
 def test_missing_and_corrupt_input_files(tmp_path, capsys):
     _one_line_error(capsys, ["eps-sweep", str(tmp_path / "f.parquet")], str(tmp_path / "f.parquet"))
     junk = tmp_path / "junk.parquet"
