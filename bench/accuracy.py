@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from reid_core.device import cpu_model  # noqa: E402
 from reid_core.io.atomic import append_parquet  # noqa: E402
 from reid_core.pipeline import RunConfig, run_pipeline  # noqa: E402
+from reid_core.pipeline.fork import fork_run, parse_fork_spec as parse_fork, read_fork  # noqa: E402
 
 METHODS = ("imagenet", "cc", "cc_ise", "cc_cam", "cc_cam_ise", "supervised")
 # the clustering + training levers of issue 11 (README "Defaults, and why")
@@ -93,14 +94,6 @@ def planned_rounds(args: argparse.Namespace) -> int:
     return max(1, int(round(args.budget_minutes)))
 
 
-def parse_fork(spec: str) -> tuple[str, int]:
-    """``--fork-from RUN_DIR:ROUND`` -> (run-folder pattern, round); the pattern may hold ``{seed}``
-    and ``{method}``."""
-    from reid_core.pipeline.fork import parse_fork_spec
-
-    return parse_fork_spec(spec)
-
-
 def fork_progress(cfg: RunConfig, fork: dict | None) -> tuple[Callable[[int], tuple[int, int]], float]:
     """``(iterations_and_images_at(r), parent_seconds)`` of a run that may be a fork: inherited
     rounds count the parent's iterations and batch, later ones the child's; ``parent_seconds`` is
@@ -125,8 +118,6 @@ def run_method(method: str, seed: int, args: argparse.Namespace) -> None:
     cfg = market_config(method, seed, args)
     fork = None
     if args.fork_from:
-        from reid_core.pipeline.fork import fork_run, read_fork
-
         pattern, fork_round = parse_fork(args.fork_from)
         fork_run(pattern.format(seed=seed, method=method), fork_round, cfg)
         fork = read_fork(cfg.run_dir)

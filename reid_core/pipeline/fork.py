@@ -77,6 +77,13 @@ def _same_value(key: str, a: Any, b: Any) -> bool:
     return a == b
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
 def _link_tree(src: Path, dst: Path) -> None:
     """Hard-link every file of ``src`` under ``dst`` (copy when linking is not possible). Outputs
     are always replaced by rename, never rewritten in place, so a link never lets the child change
@@ -87,10 +94,7 @@ def _link_tree(src: Path, dst: Path) -> None:
         for name in files:
             if ".tmp" in name:  # a stage's unfinished temporary
                 continue
-            try:
-                os.link(Path(root) / name, target / name)
-            except OSError:
-                shutil.copy2(Path(root) / name, target / name)
+            _link_or_copy(Path(root) / name, target / name)
 
 
 def fork_run(parent_dir: str | os.PathLike, at_round: int, cfg: RunConfig) -> Path:
@@ -148,7 +152,7 @@ def fork_run(parent_dir: str | os.PathLike, at_round: int, cfg: RunConfig) -> Pa
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     for name in ("images.parquet", "images.parquet.stage.json"):
-        _link_tree_file(parent / name, staging / name)
+        _link_or_copy(parent / name, staging / name)
     for r in range(0, at_round + 1):
         _link_tree(parent / f"round_{r:03d}", staging / f"round_{r:03d}")
     (staging / FORK_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
@@ -156,10 +160,3 @@ def fork_run(parent_dir: str | os.PathLike, at_round: int, cfg: RunConfig) -> Pa
         child.rmdir()  # empty (checked above)
     staging.rename(child)
     return child
-
-
-def _link_tree_file(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

@@ -45,13 +45,8 @@ def collect_metrics(cfg: RunConfig, rounds: int | None = None) -> pd.DataFrame:
     fork = read_fork(cfg.run_dir)
     frames = []
     for r in range(rounds + 1):
-        paths = round_paths(cfg, r)
-        if not paths["metrics"].exists():
-            continue
-        frame = _inherited_marks(pd.read_parquet(paths["metrics"]), fork)
-        if paths["timing"].exists():
-            frame = frame.assign(**json.loads(paths["timing"].read_text()))
-        frames.append(frame)
+        if round_paths(cfg, r)["metrics"].exists():
+            frames.append(_round_metrics(cfg, r, fork))
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(df):
         for key, value in run_provenance(cfg).items():
@@ -78,6 +73,15 @@ def run_provenance(cfg: RunConfig) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "batch_per_device": cfg.p * cfg.k,
     }
+
+
+def _round_metrics(cfg: RunConfig, round_idx: int, fork: dict[str, Any] | None) -> pd.DataFrame:
+    """Round ``round_idx``'s metrics row with its timing (when recorded) and fork marks."""
+    paths = round_paths(cfg, round_idx)
+    frame = _inherited_marks(pd.read_parquet(paths["metrics"]), fork)
+    if paths["timing"].exists():
+        frame = frame.assign(**json.loads(paths["timing"].read_text()))
+    return frame
 
 
 def _inherited_marks(metrics: pd.DataFrame, fork: dict[str, Any] | None) -> pd.DataFrame:
@@ -162,14 +166,10 @@ def _run_rounds(cfg: RunConfig, progress: bool, budget_seconds: float | None,
     done = 0
     # a fork's rounds 0..N are the parent's, taken as they are (see reid_core.pipeline.fork)
     for r in range(0, inherited + 1):
-        p = round_paths(cfg, r)
-        m = _inherited_marks(pd.read_parquet(p["metrics"]), fork)
-        if p["timing"].exists():
-            m = m.assign(**json.loads(p["timing"].read_text()))
         if r:
-            ckpt, done = p["checkpoint"], r
+            ckpt, done = round_paths(cfg, r)["checkpoint"], r
         if on_round is not None:
-            on_round(r, m)
+            on_round(r, _round_metrics(cfg, r, fork))
     if fork:
         log.info("fork of %s: rounds 0..%d inherited, training from round %d", fork["parent"], inherited, inherited + 1)
     for r in range(inherited + 1, cfg.rounds + 1):
@@ -184,11 +184,10 @@ def _run_rounds(cfg: RunConfig, progress: bool, budget_seconds: float | None,
         ckpt = run_round(cfg, images, r, ckpt, progress=progress)
         slowest = max(slowest, time.perf_counter() - t_round)
         done = r
-        metrics_path = round_paths(cfg, r)["metrics"]
         timing = {"elapsed_seconds": time.perf_counter() - start, "round_seconds": time.perf_counter() - t_round}
         with atomic_path(round_paths(cfg, r)["timing"]) as tmp:
             tmp.write_text(json.dumps(timing))
-        m = _inherited_marks(pd.read_parquet(metrics_path), fork).assign(**timing)
+        m = _round_metrics(cfg, r, fork)
         log.info("round %d: %s", r, json.dumps({k: m.iloc[0].get(k) for k in ("mAP", "rank1", "ari", "n_clusters")},
                                                default=str))
         if on_round is not None:
