@@ -248,7 +248,11 @@ def compare_rows(specs: list[str]) -> list[pd.DataFrame]:
     """Rows of ``PARQUET:METHOD`` specs (``--compare``), with a clear error for a bad spec."""
     frames = []
     for spec in specs:
-        path, sep, method = spec.rpartition(":")
+        # a tagged method name has a colon of its own (cc_cam:step25), so split after the file name
+        path, sep, method = spec.partition(".parquet:")
+        path = path + ".parquet" if sep else ""
+        if not sep:
+            path, sep, method = spec.rpartition(":")
         if not sep or not path or not method:
             raise SystemExit(f"error: --compare {spec!r}: expected PARQUET:METHOD")
         if not Path(path).is_file():

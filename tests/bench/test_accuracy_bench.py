@@ -101,9 +101,12 @@ def test_compare_rows_reads_one_method_of_another_rows_file(bench, tmp_path):
     import pandas as pd
 
     path = tmp_path / "base.parquet"
-    pd.DataFrame({"method": ["cc_cam", "cc_cam", "cc"], "seed": [0, 1, 0], "mAP": [0.7, 0.72, 0.5]}).to_parquet(path)
+    pd.DataFrame({"method": ["cc_cam", "cc_cam", "cc", "cc_cam:step25"], "seed": [0, 1, 0, 2],
+                  "mAP": [0.7, 0.72, 0.5, 0.73]}).to_parquet(path)
     (rows,) = bench.compare_rows([f"{path}:cc_cam"])
     assert list(rows["method"]) == ["cc_cam", "cc_cam"] and list(rows["seed"]) == [0, 1]
+    (tagged,) = bench.compare_rows([f"{path}:cc_cam:step25"])  # a --tag variant's name has its own colon
+    assert list(tagged["seed"]) == [2]
     with pytest.raises(SystemExit, match="PARQUET:METHOD"):
         bench.compare_rows(["no-colon"])
     with pytest.raises(SystemExit, match="no such rows file"):
