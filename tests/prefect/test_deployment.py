@@ -121,5 +121,11 @@ def test_market_presets_match_the_benchmark_methods():
     spec.loader.exec_module(bench)
     cam = market_parameters(name="market1501")["overrides"]
     assert {k: cam[k] for k in bench.CAM_LEVERS} == bench.CAM_LEVERS
+    assert {k: cam[k] for k in bench.WINNER_SCHEDULE} == bench.WINNER_SCHEDULE
+    params = market_parameters(name="market1501")
+    winner = build_config({k: v for k, v in params.items() if k != "overrides"}, params["overrides"])
+    baseline = market_parameters(name="market1501-cc")
+    plain = build_config({k: v for k, v in baseline.items() if k != "overrides"}, baseline.get("overrides"))
+    assert winner.step_size == bench.WINNER_SCHEDULE["step_size"] != plain.step_size
     assert not set(bench.CAM_LEVERS) & set(market_parameters(name="market1501-cc")["overrides"])
     assert market_parameters(name="market1501")["rounds"] * market_parameters(name="market1501")["iters"] == 1500
