@@ -85,6 +85,24 @@ def test_baseline_bf16_channels_last(images):
     np.testing.assert_allclose(log["loss"], log["loss_memory"])
 
 
+def test_ise_before_its_start_trains_exactly_like_no_ise(images):
+    """The issue-11 winner switches ISE on at iteration 1,000: before ``ise_start`` an ISE run must be
+    the plain run bit for bit (losses, weights, memory), so its early rounds are the no-ISE rounds."""
+    common = dict(lp_positive="own", ise_update_with_support=False, ise_horizon=10)
+    plain = _run(images, _cfg(use_ise=False, **common))  # epoch 1: global iterations 2 and 3
+    gated = _run(images, _cfg(use_ise=True, ise_start=4, **common))
+    assert gated[0]["loss"].tolist() == plain[0]["loss"].tolist()
+    assert gated[0]["loss_lp"].isna().all() and gated[0]["lambda"].isna().all()
+    for key, value in plain[1].state_dict().items():
+        assert torch.equal(gated[1].state_dict()[key], value), key
+    assert torch.equal(gated[3].features, plain[3].features)
+    # from ise_start on it is ISE: iteration 2 still plain, iteration 3 with support samples
+    half = _run(images, _cfg(use_ise=True, ise_start=3, **common))[0]
+    assert half["loss"].iloc[0] == plain[0]["loss"].iloc[0]
+    assert np.isnan(half["loss_lp"].iloc[0]) and np.isfinite(half["loss_lp"].iloc[1])
+    assert half["lambda"].iloc[1] > 0 and half["loss"].iloc[1] != plain[0]["loss"].iloc[1]
+
+
 def test_build_helpers_and_errors(images):
     paths, labels, camids = images
     cfg = _cfg()
