@@ -11,8 +11,9 @@ the degenerate-clustering warnings the stage raised) to --out.
 
 Variants: 'defaults' (RunConfig's clustering, i.e. plain Cluster-Contrast), 'levers' (camera
 normalisation, splitting and k1 scaled to the cluster size: LEVERS below), 'winner' (exactly the
-camera levers of the issue-11 winner, ``CAM_LEVERS`` read from bench/accuracy.py, which the
-``market1501`` deployment also uses), or any 'name:field=value;field=value'.
+issue-11 winner's settings, ``WINNER`` read from bench/accuracy.py, which the ``market1501``
+deployment also uses: camera levers, learning-rate step, ISE from iteration 1,000), or any
+'name:field=value;field=value'.
 
   python bench/fewshot.py --ids 400 --rounds 5 --variants defaults,winner --out docs/results/fewshot.parquet
 """
@@ -41,13 +42,13 @@ LEVERS = dict(camera_norm=True, split_factor=4.0, k1_per_cluster=1.5)
 
 
 def winner_levers() -> dict:
-    """The issue-11 winner's levers, from bench/accuracy.py (one source of truth)."""
+    """The issue-11 winner's settings, from bench/accuracy.py (one source of truth)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_accuracy_levers", REPO / "bench" / "accuracy.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return dict(module.CAM_LEVERS)
+    return dict(module.WINNER)
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:

@@ -74,6 +74,16 @@ def test_camera_lever_methods_and_tags(bench, tmp_path):
     both = bench.market_config("cc_cam_ise", 1, parse(bench, tmp_path, "--tag", "x"))
     assert both.use_ise and both.camera_norm and both.lp_positive == "own" and not both.ise_update_with_support
     assert both.ise_horizon == 1500 and both.name == "cc_cam_ise-x-s1"
+    # the winner: cc_cam's levers and schedule + ISE's regime from iteration 1,000, i.e. the config of
+    # the measured late-ISE forks (cc_cam_ise --set step_size=25 --set ise_start=1000)
+    late = bench.market_config("cc_cam_ise_late", 2, parse(bench, tmp_path)).to_dict()
+    forked = bench.market_config("cc_cam_ise", 2, parse(bench, tmp_path, "--set", "step_size=25",
+                                                        "--set", "ise_start=1000")).to_dict()
+    assert {k: v for k, v in late.items() if k != "name"} == {k: v for k, v in forked.items() if k != "name"}
+    plain = bench.market_config("cc_cam", 2, parse(bench, tmp_path)).to_dict()
+    differ = {k for k in late if late[k] != plain[k]}
+    assert differ == {"name", "use_ise", "ise_start", "ise_update_with_support", "lp_positive", "ise_horizon"}
+    assert late["ise_start"] == 1000 and late["step_size"] == 25
     # --set still wins over a method's levers
     off = bench.market_config("cc_cam", 0, parse(bench, tmp_path, "--set", "split_factor=0"))
     assert off.split_factor == 0 and off.camera_norm

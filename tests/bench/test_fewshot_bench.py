@@ -9,10 +9,13 @@ def fewshot(load_bench):
     return load_bench("fewshot")
 
 
-def test_winner_is_the_accuracy_bench_levers(fewshot, load_bench):
+def test_winner_is_the_accuracy_bench_winner(fewshot, load_bench):
     name, values = fewshot.parse_variant("winner")
     assert name == "winner"
-    assert values == load_bench("accuracy").CAM_LEVERS
+    accuracy = load_bench("accuracy")
+    assert values == accuracy.WINNER
+    assert {k: values[k] for k in accuracy.CAM_LEVERS} == accuracy.CAM_LEVERS
+    assert values["use_ise"] is True and values["ise_start"] == 1000
     assert values["camera_norm"] is True and values["cam_inter_weight"] > 0  # camera proxies are on
 
 

@@ -103,8 +103,8 @@ def test_deployment_run_end_to_end(mode, tiny_market, tiny_flow_params, tmp_path
 
 def test_market_presets_match_the_benchmark_methods():
     """Every market1501* deployment of prefect.yaml is served, builds a valid RunConfig; the main
-    preset carries exactly the levers of bench/accuracy.py's cc_cam method (the issue-11 winner) and
-    the baseline preset none of them."""
+    preset carries exactly the levers, schedule and ISE settings of bench/accuracy.py's
+    cc_cam_ise_late method (the issue-11 winner) and the baseline preset none of them."""
     import importlib.util
 
     from flows._common import build_config
@@ -127,5 +127,10 @@ def test_market_presets_match_the_benchmark_methods():
     baseline = market_parameters(name="market1501-cc")
     plain = build_config({k: v for k, v in baseline.items() if k != "overrides"}, baseline.get("overrides"))
     assert winner.step_size == bench.WINNER_SCHEDULE["step_size"] != plain.step_size
+    # every setting of the bench's winner, ISE from iteration 1,000 included; the baseline has no ISE
+    assert bench.WINNER["use_ise"] and bench.WINNER["ise_start"] > 0
+    for key, value in bench.WINNER.items():
+        assert getattr(winner, key) == value, key
+    assert plain.use_ise is False
     assert not set(bench.CAM_LEVERS) & set(market_parameters(name="market1501-cc")["overrides"])
     assert market_parameters(name="market1501")["rounds"] * market_parameters(name="market1501")["iters"] == 1500
