@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the plot's x axis (iterations: for runs that shared the machine)")
     ap.add_argument("--compare", action="append", default=[], metavar="PARQUET:METHOD",
                     help="also draw and tabulate METHOD's rows from another rows file (e.g. an ablation's "
-                         "baseline: --compare docs/results/accuracy_1500.parquet:cc_cam); repeatable")
+                         "baseline: --compare docs/results/accuracy_1500.parquet:cc_cam); repeatable. With --x "
+                         "iterations the plot gets a second panel: every method's gain over the first compared "
+                         "method, paired by seed")
     ap.add_argument("--fork-from", default="", metavar="RUN_DIR:ROUND",
                     help="branch each run from a finished run at ROUND (reid_core.pipeline.fork): rounds up to "
                          "ROUND are that run's, training goes on from there under this command's config; "
@@ -298,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     from reid_core.evaluation.plots import plot_map_vs_time
 
     png = args.out.with_suffix(".png")
-    plot_map_vs_time(df, png, x=args.x, y="mAP", hue="method", units="seed")
+    # with --compare and --x iterations, a second panel: each method's gain over the first compared
+    # method, paired by seed and iteration (wall-clock seconds of two runs never coincide)
+    baseline = compare_rows(args.compare[:1])[0]["method"].iloc[0] if args.compare and args.x == "iterations" else None
+    plot_map_vs_time(df, png, x=args.x, y="mAP", hue="method", units="seed", baseline=baseline)
     summary = summarize(df, args.at_iterations)
     print(markdown_table(summary))
     print(f"\nrows: {args.out}\nplot: {png}")

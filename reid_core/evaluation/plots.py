@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 from reid_core.io import atomic_path
 
-__all__ = ["plot_cmc", "plot_metrics_over_rounds", "plot_eps_sweep", "plot_map_vs_time", "draw_map_vs_time"]
+__all__ = ["plot_cmc", "plot_metrics_over_rounds", "plot_eps_sweep", "plot_map_vs_time", "draw_map_vs_time",
+           "paired_gain", "draw_paired_gain"]
 
 
 def _new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] | None = None):
@@ -146,18 +147,72 @@ def plot_eps_sweep(sweep_df: pd.DataFrame, path: str | os.PathLike, x: str = "ep
 
 def plot_map_vs_time(
     df: pd.DataFrame, path: str | os.PathLike, x: str = "seconds", y: str = "mAP", hue: str | None = "method",
-    units: str | None = None,
+    units: str | None = None, baseline: str | None = None,
 ) -> Path:
     """Line plot of ``y`` (e.g. mAP, fractions shown in %) against ``x`` (e.g. wall-clock seconds),
     one colour per ``hue`` value (ignored when the column is absent).
 
     ``units`` (e.g. ``"seed"``) draws one line per unit inside each hue group, in the hue's colour and
-    labelled once, so repeated runs are never joined into one zig-zag line.
+    labelled once, so repeated runs are never joined into one zig-zag line. ``baseline`` (a ``hue``
+    value; needs ``units``) adds a second panel: every other method's gain over the baseline, paired
+    by unit and ``x`` (:func:`paired_gain`), which shows differences smaller than the curves' spread.
     """
     _require(df, [x, y], "df")
-    fig, axes = _new_figure(size=(5.5, 4.0))
+    if baseline is None:
+        fig, axes = _new_figure(size=(5.5, 4.0))
+    else:
+        fig, axes = _new_figure(ncols=2, size=(11.0, 4.0))
     draw_map_vs_time(axes[0, 0], df, x=x, y=y, hue=hue, units=units)
+    if baseline is not None:
+        draw_paired_gain(axes[0, 1], df, baseline, x=x, y=y, hue=hue or "method", units=units or "seed")
     return _save(fig, path)
+
+
+def paired_gain(df: pd.DataFrame, baseline: str, x: str = "iterations", y: str = "mAP", hue: str = "method",
+                units: str = "seed") -> pd.DataFrame:
+    """``y`` of every ``hue`` value other than ``baseline`` minus the baseline's ``y`` at the same
+    ``units`` value (seed) and ``x``: columns ``hue, units, x, y, baseline_y, gain``, sorted.
+
+    Points without a baseline row at the same (unit, x) are left out. Where a (method, unit, x)
+    appears more than once (a rerun appended the same round again), the last row counts.
+    """
+    _require(df, [x, y, hue, units], "df")
+    if baseline not in set(df[hue]):
+        raise ValueError(f"paired_gain: no rows with {hue} == {baseline!r}; have {sorted(map(str, set(df[hue])))}")
+    keyed = df[[hue, units, x, y]].drop_duplicates([hue, units, x], keep="last")
+    base = keyed[keyed[hue] == baseline].drop(columns=[hue]).rename(columns={y: "baseline_y"})
+    others = keyed[keyed[hue] != baseline]
+    out = others.merge(base, on=[units, x], how="inner")
+    out["gain"] = out[y] - out["baseline_y"]
+    return out.sort_values([hue, units, x]).reset_index(drop=True)
+
+
+def draw_paired_gain(ax: Any, df: pd.DataFrame, baseline: str, x: str = "iterations", y: str = "mAP",
+                     hue: str = "method", units: str = "seed") -> list:
+    """Draw :func:`paired_gain` onto ``ax``: one thin line per (method, seed), the mean over seeds
+    thick, a zero line, colours as in :func:`draw_map_vs_time` for the same ``df``."""
+    gains = paired_gain(df, baseline, x=x, y=y, hue=hue, units=units)
+    vals = df[y].to_numpy(dtype=np.float64)
+    scale = 100.0 if y in ("mAP", "mINP", "rank1", "rank5", "rank10") and np.nanmax(np.abs(vals), initial=0) <= 1.0 else 1.0
+    colours = {label: f"C{i % 10}" for i, (label, _) in enumerate(_groups(df, hue))}
+    lines = [ax.axhline(0.0, color=colours.get(str(baseline), "k"), lw=1.0, label=f"{baseline} (baseline)")]
+    for label, sub in gains.groupby(hue, sort=True):
+        colour = colours.get(str(label), "k")
+        for _, run in sub.groupby(units, sort=True):
+            run = run.sort_values(x)
+            (line,) = ax.plot(run[x].to_numpy(dtype=np.float64), scale * run["gain"].to_numpy(dtype=np.float64),
+                              color=colour, alpha=0.35, lw=1.0)
+            lines.append(line)
+        mean = sub.groupby(x)["gain"].mean()
+        (line,) = ax.plot(mean.index.to_numpy(dtype=np.float64), scale * mean.to_numpy(dtype=np.float64),
+                          color=colour, lw=2.2, marker="o", markersize=3,
+                          label=f"{label}: mean of {sub[units].nunique()} {units}(s)")
+        lines.append(line)
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"{y} gain over {baseline}" + (" (points)" if scale == 100.0 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return lines
 
 
 def draw_map_vs_time(ax: Any, df: pd.DataFrame, x: str = "seconds", y: str = "mAP", hue: str | None = "method",

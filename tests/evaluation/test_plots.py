@@ -77,6 +77,63 @@ def test_map_vs_time_draws_one_line_per_seed_in_the_method_colour():
     assert len(draw_map_vs_time(Figure().add_subplot(), df)) == 2
 
 
+def naive_paired_gain(rows, baseline):
+    """From the definition: for each non-baseline row, its value minus the baseline's value at the
+    same seed and x (the last such row of each method counts), skipping points the baseline lacks."""
+    last = {}
+    for method, seed, x, y in rows:
+        last[(method, seed, x)] = y
+    out = []
+    for (method, seed, x), y in sorted(last.items()):
+        if method != baseline and (baseline, seed, x) in last:
+            out.append((method, seed, x, y - last[(baseline, seed, x)]))
+    return out
+
+
+def test_paired_gain_matches_a_plain_loop():
+    from reid_core.evaluation.plots import paired_gain
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for method in ("base", "a", "b"):
+        for seed in (0, 1, 2):
+            for x in (0, 50, 100, 150):
+                if method == "b" and x == 150 and seed == 1:
+                    continue  # a point only the baseline has
+                if method == "base" and x == 100 and seed == 2:
+                    continue  # a point the baseline lacks: left out
+                rows.append((method, seed, x, float(rng.random())))
+    rows.append(("a", 0, 50, 0.123456789))  # a rerun appended the same round: the last row counts
+    df = pd.DataFrame(rows, columns=["method", "seed", "iterations", "mAP"])
+    got = paired_gain(df, "base")
+    want = naive_paired_gain(rows, "base")
+    assert len(got) == len(want) == 2 * 3 * 4 - 1 - 2
+    assert list(zip(got["method"], got["seed"], got["iterations"])) == [w[:3] for w in want]
+    np.testing.assert_allclose(got["gain"].to_numpy(np.float64), [w[3] for w in want], rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="nope"):
+        paired_gain(df, "nope")
+
+
+def test_plot_with_baseline_adds_the_paired_gain_panel(tmp_path):
+    from matplotlib.figure import Figure
+
+    from reid_core.evaluation.plots import draw_paired_gain
+
+    df = pd.DataFrame(dict(method=["base"] * 4 + ["late"] * 4, seed=[0, 0, 1, 1] * 2, iterations=[50, 100] * 4,
+                           mAP=[0.50, 0.60, 0.52, 0.62, 0.50, 0.61, 0.52, 0.65]))
+    assert_png(plot_map_vs_time(df, tmp_path / "g.png", x="iterations", units="seed", baseline="base"))
+    lines = draw_paired_gain(Figure().add_subplot(), df, "base")
+    zero, seed0, seed1, mean = lines
+    np.testing.assert_allclose(zero.get_ydata(), [0, 0])
+    np.testing.assert_allclose(seed0.get_ydata(), [0, 1], atol=1e-9)  # points of mAP, per seed
+    np.testing.assert_allclose(seed1.get_ydata(), [0, 3], atol=1e-9)
+    np.testing.assert_allclose(mean.get_ydata(), [0, 2], atol=1e-9)
+    assert mean.get_color() == seed0.get_color() != zero.get_color()
+    with pytest.raises(ValueError, match="missing"):
+        plot_map_vs_time(df.drop(columns=["seed"]), tmp_path / "bad.png", x="iterations", units="seed",
+                         baseline="base")
+
+
 def test_failed_plot_keeps_existing_file(tmp_path):
     target = tmp_path / "cmc.png"
     target.write_bytes(b"old")
