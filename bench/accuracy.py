@@ -296,13 +296,14 @@ def main(argv: list[str] | None = None) -> int:
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
             for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
                 run_method(method, seed, args)
-    df = pd.concat([pd.read_parquet(args.out), *compare_rows(args.compare)], ignore_index=True)
+    compared = compare_rows(args.compare)
+    df = pd.concat([pd.read_parquet(args.out), *compared], ignore_index=True)
     from reid_core.evaluation.plots import plot_map_vs_time
 
     png = args.out.with_suffix(".png")
     # with --compare and --x iterations, a second panel: each method's gain over the first compared
     # method, paired by seed and iteration (wall-clock seconds of two runs never coincide)
-    baseline = compare_rows(args.compare[:1])[0]["method"].iloc[0] if args.compare and args.x == "iterations" else None
+    baseline = compared[0]["method"].iloc[0] if compared and args.x == "iterations" else None
     plot_map_vs_time(df, png, x=args.x, y="mAP", hue="method", units="seed", baseline=baseline)
     summary = summarize(df, args.at_iterations)
     print(markdown_table(summary))

@@ -44,6 +44,12 @@ def _require(df: pd.DataFrame, cols: Sequence[str], name: str) -> None:
         raise ValueError(f"{name}: missing column(s) {missing}; has {list(df.columns)}")
 
 
+def _percent_scale(df: pd.DataFrame, y: str) -> float:
+    """100 for a retrieval metric stored as a fraction (drawn in %), else 1."""
+    vals = df[y].to_numpy(dtype=np.float64)
+    return 100.0 if y in ("mAP", "mINP", "rank1", "rank5", "rank10") and np.nanmax(np.abs(vals), initial=0) <= 1.0 else 1.0
+
+
 def _groups(df: pd.DataFrame, hue: str | None):
     if hue and hue in df.columns:
         for key, sub in df.groupby(hue, sort=True, dropna=False):
@@ -192,8 +198,7 @@ def draw_paired_gain(ax: Any, df: pd.DataFrame, baseline: str, x: str = "iterati
     """Draw :func:`paired_gain` onto ``ax``: one thin line per (method, seed), the mean over seeds
     thick, a zero line, colours as in :func:`draw_map_vs_time` for the same ``df``."""
     gains = paired_gain(df, baseline, x=x, y=y, hue=hue, units=units)
-    vals = df[y].to_numpy(dtype=np.float64)
-    scale = 100.0 if y in ("mAP", "mINP", "rank1", "rank5", "rank10") and np.nanmax(np.abs(vals), initial=0) <= 1.0 else 1.0
+    scale = _percent_scale(df, y)
     colours = {label: f"C{i % 10}" for i, (label, _) in enumerate(_groups(df, hue))}
     lines = [ax.axhline(0.0, color=colours.get(str(baseline), "k"), lw=1.0, label=f"{baseline} (baseline)")]
     for label, sub in gains.groupby(hue, sort=True):
@@ -219,8 +224,7 @@ def draw_map_vs_time(ax: Any, df: pd.DataFrame, x: str = "seconds", y: str = "mA
                      units: str | None = None) -> list:
     """Draw :func:`plot_map_vs_time` onto ``ax``; returns the drawn lines."""
     _require(df, [x, y], "df")
-    vals = df[y].to_numpy(dtype=np.float64)
-    scale = 100.0 if y in ("mAP", "mINP", "rank1", "rank5", "rank10") and np.nanmax(np.abs(vals), initial=0) <= 1.0 else 1.0
+    scale = _percent_scale(df, y)
     lines = []
     for i, (label, sub) in enumerate(_groups(df, hue)):
         runs = [(None, sub)] if not units or units not in sub.columns else list(sub.groupby(units, sort=True))
